@@ -1,0 +1,1 @@
+"""Triton kernels of quietstar (installed as `quietstar.kernels`)."""

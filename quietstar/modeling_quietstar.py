@@ -1,0 +1,336 @@
+"""Quiet-STaR on Mistral: a causal LM that thinks before each token (Zelikman et al. 2024).
+
+`QuietStarForCausalLM` is `MistralForCausalLM` plus two start/end-of-thought embeddings and a mixing head. Its
+weights keep Mistral's names, so a Mistral checkpoint loads unchanged (only the new parts are initialised).
+
+Training (`model.train()`), for every position i of every sequence at once ("parallel thoughts"):
+pass 0 is the plain causal pass; pass 1 feeds `<|startofthought|>` at every position; passes 2..T-1 feed the
+thought tokens sampled from the previous pass; pass T feeds `<|endofthought|>`; passes T+1..T+A-1 feed the real
+tokens x[i+1..i+A-1] (teacher forcing). The token of pass p at position i has RoPE position i + p and attends to
+x[0..i] and to its own earlier passes only (`attention_quietstar`). The hidden state of pass T + j - 1, mixed
+with the base hidden state of position i + j - 1 by the mixing head, predicts x[i + j]. The loss is in
+`losses_quietstar`.
+
+Inference (`model.eval()`): `.logits` are the thought-mixed next-token logits of every position (one greedy
+thought per position unless `thought_ids` are given).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from einops import repeat
+from torch import nn
+from transformers import MistralForCausalLM
+from transformers import initialization as init
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .attention_quietstar import QuietStarAttention, ThoughtKVStore, resolve_attention_impl
+from .configuration_quietstar import QuietStarConfig
+from .losses_quietstar import IGNORE_INDEX, quietstar_loss, shift_left
+
+
+@dataclass
+class QuietStarCausalLMOutput(CausalLMOutputWithPast):
+    r"""
+    [`CausalLMOutputWithPast`] plus the parts of the Quiet-STaR loss, so training can log them.
+
+    base_loss (`torch.FloatTensor`, *optional*):
+        Plain next-token NLL of the base pass (detached).
+    thought_loss (`torch.FloatTensor`, *optional*):
+        NLL of the thought-mixed predictions, averaged over the look-ahead tokens (detached).
+    policy_loss (`torch.FloatTensor`, *optional*):
+        The REINFORCE term before its weight (detached).
+    mean_reward (`torch.FloatTensor`, *optional*):
+        Mean over positions of the reward: how much the thoughts lowered the NLL of the next tokens.
+    mean_advantage (`torch.FloatTensor`, *optional*):
+        Mean over positions of the (clipped) advantage.
+    mean_mixing_weight (`torch.FloatTensor`, *optional*):
+        Mean mixing weight w over scored positions (0 = base prediction only).
+    """
+
+    base_loss: torch.FloatTensor | None = None
+    thought_loss: torch.FloatTensor | None = None
+    policy_loss: torch.FloatTensor | None = None
+    mean_reward: torch.FloatTensor | None = None
+    mean_advantage: torch.FloatTensor | None = None
+    mean_mixing_weight: torch.FloatTensor | None = None
+
+
+class ZeroInitLinear(nn.Linear):
+    """A linear layer that `QuietStarForCausalLM._init_weights` initialises to zero."""
+
+
+class QuietStarThoughtEmbeddings(nn.Module):
+    """The input embeddings of `<|startofthought|>` (row 0) and `<|endofthought|>` (row 1).
+
+    `weight` (2, H) is stored divided by `config.meta_embedding_scale` and multiplied back in `forward`, which acts as
+    a learning-rate multiplier for these two vectors. Set from the embedding of "---" by `add_thought_tokens`.
+    """
+
+    def __init__(self, config: QuietStarConfig):
+        super().__init__()
+        self.scale = config.meta_embedding_scale
+        self.weight = nn.Parameter(torch.zeros(2, config.hidden_size))
+
+    def forward(self) -> torch.Tensor:
+        """The (2, H) embeddings as fed to the model."""
+        return self.scale * self.weight
+
+
+class QuietStarMixingHead(nn.Module):
+    """MLP on [h_base ; h_thought] (2H -> H -> H -> 1, ReLU between) giving the mixing weight w.
+
+    The mixed hidden state is (1 - w) * h_base + w * h_thought. The output layer starts at zero, so w = 0 exactly at
+    initialisation and the model predicts like the base model. There is no output nonlinearity (as in the reference).
+    """
+
+    def __init__(self, config: QuietStarConfig):
+        super().__init__()
+        hidden = config.hidden_size
+        self.input = nn.Linear(2 * hidden, hidden)
+        self.hidden = nn.Linear(hidden, hidden)
+        self.output = ZeroInitLinear(hidden, 1, bias=False)
+        self.activation = nn.ReLU()
+
+    def forward(self, h_base: torch.Tensor, h_thought: torch.Tensor) -> torch.Tensor:
+        """(..., H) and (..., H) -> w of shape (..., 1)."""
+        x = self.activation(self.input(torch.cat([h_base, h_thought], dim=-1)))
+        x = self.activation(self.hidden(x))
+        return self.output(x)
+
+    def mix(self, h_base: torch.Tensor, h_thought: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the mixed hidden state (1 - w) * h_base + w * h_thought and w."""
+        weight = self(h_base, h_thought)
+        return h_base + weight * (h_thought - h_base), weight
+
+
+class QuietStarForCausalLM(MistralForCausalLM):
+    config_class = QuietStarConfig
+
+    def __init__(self, config: QuietStarConfig):
+        super().__init__(config)
+        for layer_idx, layer in enumerate(self.model.layers):
+            layer.self_attn = QuietStarAttention(config, layer_idx)
+        self.mixing_head = QuietStarMixingHead(config)
+        self.thought_embeddings = QuietStarThoughtEmbeddings(config)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, ZeroInitLinear):
+            init.zeros_(module.weight)
+        elif isinstance(module, QuietStarThoughtEmbeddings):
+            init.zeros_(module.weight)
+        else:
+            super()._init_weights(module)
+
+    # ----------------------------------------------------------------------------------------------- embeddings
+
+    def embed_input_ids(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Token embeddings (B, L) -> (B, L, H), with the meta tokens taking the trained thought embeddings."""
+        embeds = self.model.embed_tokens(input_ids)
+        start_id, end_id = self.config.start_thought_token_id, self.config.end_thought_token_id
+        if start_id is None:
+            return embeds
+        meta = self.thought_embeddings().to(embeds.dtype)
+        embeds = torch.where((input_ids == start_id).unsqueeze(-1), meta[0], embeds)
+        return torch.where((input_ids == end_id).unsqueeze(-1), meta[1], embeds)
+
+    # --------------------------------------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        thought_ids: torch.LongTensor | None = None,
+        thinking: bool | None = None,
+        **kwargs,
+    ) -> QuietStarCausalLMOutput:
+        r"""
+        thought_ids (`torch.LongTensor` of shape `(batch_size, sequence_length, n_thought_tokens - 2)`, *optional*):
+            The content tokens of the thought at every position, used instead of sampling (start and end tokens are
+            added by the model).
+        thinking (`bool`, *optional*):
+            Overrides `config.thinking` for this call. With `False` the model is exactly the base Mistral model.
+
+        In training mode with thinking, `loss` is the Quiet-STaR loss (parts in the other fields) and `logits` are the
+        thought-mixed next-token logits of the first of the `n_thoughts` thoughts. In eval mode `logits` are the
+        thought-mixed next-token logits of every position and `loss` (with `labels`) is their causal-LM NLL.
+        """
+        thinking = self.config.thinking if thinking is None else thinking
+        if input_ids is not None:
+            self._check_token_ids(input_ids)
+            inputs_embeds = self.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds
+        if not thinking:
+            return super().forward(
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+        if input_ids is None:
+            raise ValueError("Quiet-STaR thinking needs input_ids (the thoughts feed tokens back); got inputs_embeds only")
+        self._check_can_think(input_ids, thought_ids)
+        if past_key_values is not None:
+            raise ValueError(
+                "a thinking forward does not take past_key_values; pass thinking=False to use a KV cache"
+            )
+        return self._parallel_thinking_forward(input_ids, inputs_embeds, attention_mask, position_ids, labels, thought_ids)
+
+    def _check_token_ids(self, input_ids: torch.LongTensor) -> None:
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"input_ids must lie in [0, vocab_size={self.config.vocab_size}); got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+
+    def _check_can_think(self, input_ids: torch.LongTensor, thought_ids: torch.LongTensor | None) -> None:
+        if self.config.start_thought_token_id is None or self.config.end_thought_token_id is None:
+            raise ValueError(
+                "the config has no start_thought_token_id/end_thought_token_id: add the meta tokens with "
+                "quietstar.add_thought_tokens(model, tokenizer) first, or pass thinking=False"
+            )
+        length = input_ids.shape[1]
+        if self.training and length <= self.config.n_ahead_talk:
+            raise ValueError(
+                f"sequences of length {length} are too short for n_ahead_talk={self.config.n_ahead_talk}: "
+                f"training needs at least n_ahead_talk + 1 = {self.config.n_ahead_talk + 1} tokens"
+            )
+        if thought_ids is not None:
+            expected = (*input_ids.shape, self.config.n_sampled_thought_tokens)
+            if tuple(thought_ids.shape) != expected:
+                raise ValueError(
+                    f"thought_ids must have shape (batch, length, n_thought_tokens - 2) = {expected}, "
+                    f"got {tuple(thought_ids.shape)}"
+                )
+            self._check_token_ids(thought_ids)
+
+    def _parallel_thinking_forward(self, input_ids, inputs_embeds, attention_mask, position_ids, labels, thought_ids):
+        config = self.config
+        n_thoughts = config.n_thoughts if self.training else 1
+        n_talk = config.n_ahead_talk if self.training else 1
+        thought_length = config.n_thought_tokens
+        batch, length = input_ids.shape
+
+        tokens = repeat(input_ids, "b l -> (b n) l", n=n_thoughts)
+        embeds = repeat(inputs_embeds, "b l h -> (b n) l h", n=n_thoughts)
+        if attention_mask is not None:
+            attention_mask = repeat(attention_mask, "b l -> (b n) l", n=n_thoughts)
+        if position_ids is None:
+            position_ids = _default_position_ids(attention_mask, batch * n_thoughts, length, tokens.device)
+        else:
+            position_ids = repeat(position_ids.expand(batch, -1), "b l -> (b n) l", n=n_thoughts)
+        if thought_ids is not None:
+            thought_ids = repeat(thought_ids, "b l t -> (b n) l t", n=n_thoughts)
+        if labels is None and self.training:
+            labels = tokens if attention_mask is None else tokens.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        elif labels is not None:
+            labels = repeat(labels, "b l -> (b n) l", n=n_thoughts)
+
+        key_padding_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            key_padding_mask = attention_mask.bool()
+        store = ThoughtKVStore(key_padding_mask, resolve_attention_impl(config.attention_impl, tokens.device))
+
+        def run_pass(pass_embeds: torch.Tensor, pass_idx: int) -> torch.Tensor:
+            return self.model(
+                inputs_embeds=pass_embeds,
+                attention_mask=attention_mask if pass_idx == 0 else None,
+                position_ids=position_ids + pass_idx,
+                use_cache=False,
+                thought_kv=store,
+                thought_pass=pass_idx,
+            ).last_hidden_state
+
+        base_hidden = run_pass(embeds, 0)
+        base_logits = self.lm_head(base_hidden)
+
+        meta = self.thought_embeddings().to(embeds.dtype)
+        hidden = run_pass(meta[0].expand_as(embeds), 1)
+        thought_logprobs = []
+        for pass_idx in range(2, thought_length):
+            token_idx = pass_idx - 2
+            if thought_ids is not None and not self.training:
+                next_tokens = thought_ids[..., token_idx]
+            else:
+                logits = self._thought_logits(hidden)
+                next_tokens = thought_ids[..., token_idx] if thought_ids is not None else self._pick_thought_tokens(logits)
+                if self.training:
+                    logprobs = torch.log_softmax(logits.float() / config.reinforce_temperature, dim=-1)
+                    thought_logprobs.append(logprobs.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1))
+            hidden = run_pass(self.model.embed_tokens(next_tokens), pass_idx)
+        hidden = run_pass(meta[1].expand_as(embeds), thought_length)
+
+        talk_logits, mixing_weights = [], []
+        for j in range(1, n_talk + 1):
+            if j > 1:
+                teacher_tokens = shift_left(tokens, j - 1)
+                hidden = run_pass(self.model.embed_tokens(teacher_tokens), thought_length + j - 1)
+            mixed_hidden, weight = self.mixing_head.mix(shift_left(base_hidden, j - 1), hidden)
+            talk_logits.append(self.lm_head(mixed_hidden))
+            mixing_weights.append(weight.squeeze(-1))
+
+        mixed_logits = talk_logits[0]
+        if not self.training:
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits=mixed_logits, labels=labels, vocab_size=config.vocab_size)
+            return QuietStarCausalLMOutput(
+                loss=loss,
+                logits=mixed_logits,
+                mean_mixing_weight=mixing_weights[0].mean().detach(),
+            )
+
+        losses = quietstar_loss(
+            base_logits,
+            talk_logits,
+            torch.stack(thought_logprobs, dim=-1).mean(dim=-1),
+            labels,
+            n_thoughts=n_thoughts,
+            base_loss_weight=config.base_loss_weight,
+            policy_loss_weight=config.policy_loss_weight,
+            clip_negative_rewards=config.clip_negative_rewards,
+        )
+        scored = shift_left(labels, 1, IGNORE_INDEX) != IGNORE_INDEX
+        return QuietStarCausalLMOutput(
+            loss=losses.loss,
+            logits=mixed_logits.view(batch, n_thoughts, length, -1)[:, 0],
+            base_loss=losses.base_nll,
+            thought_loss=losses.thought_nll,
+            policy_loss=losses.policy_loss,
+            mean_reward=losses.mean_reward,
+            mean_advantage=losses.mean_advantage,
+            mean_mixing_weight=mixing_weights[0][scored].mean().detach(),
+        )
+
+    def _thought_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits of a thought pass with the meta tokens masked out (they are never sampled)."""
+        logits = self.lm_head(hidden)
+        meta_ids = [self.config.start_thought_token_id, self.config.end_thought_token_id]
+        return logits.index_fill(-1, torch.tensor(meta_ids, device=logits.device), float("-inf"))
+
+    def _pick_thought_tokens(self, logits: torch.Tensor) -> torch.LongTensor:
+        """(B', L, V) -> (B', L): a sample at `thought_temperature` in training, the argmax in eval. Not differentiated."""
+        if not self.training:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits.detach().float() / self.config.thought_temperature, dim=-1)
+        return torch.multinomial(probs.flatten(0, 1), 1).view(probs.shape[:-1])
+
+
+def _default_position_ids(attention_mask, rows: int, length: int, device) -> torch.LongTensor:
+    """Positions counted over real tokens (so left padding works); 0..L-1 without a mask."""
+    if attention_mask is None:
+        return torch.arange(length, device=device).expand(rows, -1)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+__all__ = ["QuietStarCausalLMOutput", "QuietStarForCausalLM", "QuietStarMixingHead", "QuietStarThoughtEmbeddings"]
