@@ -76,9 +76,8 @@ def dense_thought_attention(query, base_key, base_value, thought_keys, thought_v
     keys = torch.cat([base_key, rearrange(thought_keys, "b h p l d -> b h (p l) d")], dim=2)
     values = torch.cat([base_value, rearrange(thought_values, "b h p l d -> b h (p l) d")], dim=2)
     same_position = torch.eye(length, dtype=torch.bool, device=query.device).repeat(1, n_passes)
-    allowed = torch.cat(
-        [_causal_key_mask(key_padding_mask, length, query.device), same_position.expand(batch, 1, -1, -1)], dim=-1
-    )
+    causal = _causal_key_mask(key_padding_mask, length, query.device).expand(batch, 1, -1, -1)
+    allowed = torch.cat([causal, same_position.expand(batch, 1, -1, -1)], dim=-1)
     additive = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
     additive = additive.masked_fill(~allowed, torch.finfo(query.dtype).min)
     out = F.scaled_dot_product_attention(
@@ -99,7 +98,8 @@ def torch_thought_attention(query, base_key, base_value, thought_keys, thought_v
     base_scores = base_scores.masked_fill(~allowed, float("-inf"))
     thought_scores = torch.einsum("bhgld,bhpld->bhglp", q, thought_keys) * scaling
     length = base_scores.shape[-1]
-    probs = torch.softmax(torch.cat([base_scores, thought_scores], dim=-1).float(), dim=-1).to(query.dtype)
+    softmax_dtype = torch.promote_types(query.dtype, torch.float32)
+    probs = torch.softmax(torch.cat([base_scores, thought_scores], dim=-1), dim=-1, dtype=softmax_dtype).to(query.dtype)
     out = torch.einsum("bhglm,bhmd->bhgld", probs[..., :length], base_value)
     out = out + torch.einsum("bhglp,bhpld->bhgld", probs[..., length:], thought_values)
     return rearrange(out, "b h g l d -> b l (h g) d")

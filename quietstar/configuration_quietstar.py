@@ -25,6 +25,10 @@ class QuietStarConfig(MistralConfig):
         thought_temperature (`float`, defaults to 1.0):
             Sampling temperature of the thought tokens in training (1.0 samples from the model's distribution,
             which is what the reference's hard Gumbel-softmax does at any Gumbel temperature). Greater than 0.
+        inference_thought_temperature (`float`, defaults to 0.0):
+            Sampling temperature of the thought tokens in eval mode (generation, evaluation, inspection). 0 picks
+            the most likely token (deterministic thoughts); 1.0 samples from the model's distribution, as the paper's
+            evaluation did. At least 0.
         reinforce_temperature (`float`, defaults to 3.0):
             Temperature of the log-probabilities of the sampled thought tokens in the REINFORCE term.
             Greater than 0.
@@ -59,6 +63,7 @@ class QuietStarConfig(MistralConfig):
     n_ahead_talk: int = 4
     n_thoughts: int = 2
     thought_temperature: float = 1.0
+    inference_thought_temperature: float = 0.0
     reinforce_temperature: float = 3.0
     policy_loss_weight: float = 1e6
     base_loss_weight: float = 0.5
@@ -83,6 +88,13 @@ class QuietStarConfig(MistralConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"QuietStarConfig.{name} must be a number > 0, got {value!r}")
+        if isinstance(self.inference_thought_temperature, bool) or not isinstance(
+            self.inference_thought_temperature, (int, float)
+        ) or not self.inference_thought_temperature >= 0:
+            raise ValueError(
+                "QuietStarConfig.inference_thought_temperature must be a number >= 0, "
+                f"got {self.inference_thought_temperature!r}"
+            )
         if isinstance(self.policy_loss_weight, bool) or not isinstance(self.policy_loss_weight, (int, float)) or (
             not self.policy_loss_weight >= 0
         ):

@@ -56,6 +56,26 @@ class QuietStarCausalLMOutput(CausalLMOutputWithPast):
     mean_mixing_weight: torch.FloatTensor | None = None
 
 
+@dataclass
+class ParallelThoughts:
+    """What `QuietStarForCausalLM.run_parallel_thoughts` computes, for B' = B * N rows.
+
+    - `base_logits`: (B', L, V) logits of the plain causal pass; position i predicts x[i + 1]
+    - `talk_logits`: A tensors (B', L, V); `talk_logits[j - 1]` at position i are the thought-mixed logits for
+      x[i + j] (j = 1 is the prediction right after the thought)
+    - `mixing_weights`: A tensors (B', L), the mixing weight w behind each of `talk_logits`
+    - `thought_ids`: (B', L, n_thought_tokens - 2) the thought content tokens used at every position
+    - `thought_logprobs`: (B', L) mean log-probability of those tokens at `reinforce_temperature` (training mode
+      only, else None)
+    """
+
+    base_logits: torch.Tensor
+    talk_logits: list[torch.Tensor]
+    mixing_weights: list[torch.Tensor]
+    thought_ids: torch.LongTensor
+    thought_logprobs: torch.Tensor | None
+
+
 class ZeroInitLinear(nn.Linear):
     """A linear layer that `QuietStarForCausalLM._init_weights` initialises to zero."""
 
@@ -217,10 +237,80 @@ class QuietStarForCausalLM(MistralForCausalLM):
     def _parallel_thinking_forward(self, input_ids, inputs_embeds, attention_mask, position_ids, labels, thought_ids):
         config = self.config
         n_thoughts = config.n_thoughts if self.training else 1
-        n_talk = config.n_ahead_talk if self.training else 1
+        batch, length = input_ids.shape
+        passes = self.run_parallel_thoughts(
+            input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            thought_ids=thought_ids,
+            n_thoughts=n_thoughts,
+            n_ahead_talk=config.n_ahead_talk if self.training else 1,
+        )
+        mixed_logits = passes.talk_logits[0]
+        if labels is None and self.training:
+            labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        if not self.training:
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits=mixed_logits, labels=labels, vocab_size=config.vocab_size)
+            return QuietStarCausalLMOutput(
+                loss=loss, logits=mixed_logits, mean_mixing_weight=passes.mixing_weights[0].mean().detach()
+            )
+
+        labels = repeat(labels, "b l -> (b n) l", n=n_thoughts)
+        losses = quietstar_loss(
+            passes.base_logits,
+            passes.talk_logits,
+            passes.thought_logprobs,
+            labels,
+            n_thoughts=n_thoughts,
+            base_loss_weight=config.base_loss_weight,
+            policy_loss_weight=config.policy_loss_weight,
+            clip_negative_rewards=config.clip_negative_rewards,
+        )
+        scored = shift_left(labels, 1, IGNORE_INDEX) != IGNORE_INDEX
+        return QuietStarCausalLMOutput(
+            loss=losses.loss,
+            logits=mixed_logits.view(batch, n_thoughts, length, -1)[:, 0],
+            base_loss=losses.base_nll,
+            thought_loss=losses.thought_nll,
+            policy_loss=losses.policy_loss,
+            mean_reward=losses.mean_reward,
+            mean_advantage=losses.mean_advantage,
+            mean_mixing_weight=passes.mixing_weights[0][scored].mean().detach(),
+        )
+
+    def run_parallel_thoughts(
+        self,
+        input_ids: torch.LongTensor,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        thought_ids: torch.LongTensor | None = None,
+        n_thoughts: int = 1,
+        n_ahead_talk: int = 1,
+    ) -> ParallelThoughts:
+        """Run the base pass, the thought passes and the look-ahead passes for all positions at once.
+
+        Args:
+            input_ids: (B, L) token ids.
+            inputs_embeds: (B, L, H) their embeddings (computed from input_ids when omitted).
+            attention_mask: (B, L) 1 for real tokens, 0 for padding.
+            position_ids: (B, L) RoPE positions of the base tokens (counted over real tokens when omitted).
+            thought_ids: (B, L, n_thought_tokens - 2) thought content tokens to use instead of sampling.
+            n_thoughts: N, thoughts per position; every row is repeated N times (row b * N + n).
+            n_ahead_talk: A, look-ahead passes scored after the thought.
+
+        Thought tokens are sampled at `thought_temperature` in training mode and taken greedily in eval mode.
+        The log-probabilities for REINFORCE are only computed in training mode.
+        """
+        config = self.config
         thought_length = config.n_thought_tokens
         batch, length = input_ids.shape
-
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_input_ids(input_ids)
         tokens = repeat(input_ids, "b l -> (b n) l", n=n_thoughts)
         embeds = repeat(inputs_embeds, "b l h -> (b n) l h", n=n_thoughts)
         if attention_mask is not None:
@@ -231,10 +321,6 @@ class QuietStarForCausalLM(MistralForCausalLM):
             position_ids = repeat(position_ids.expand(batch, -1), "b l -> (b n) l", n=n_thoughts)
         if thought_ids is not None:
             thought_ids = repeat(thought_ids, "b l t -> (b n) l t", n=n_thoughts)
-        if labels is None and self.training:
-            labels = tokens if attention_mask is None else tokens.masked_fill(attention_mask == 0, IGNORE_INDEX)
-        elif labels is not None:
-            labels = repeat(labels, "b l -> (b n) l", n=n_thoughts)
 
         key_padding_mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
@@ -256,7 +342,7 @@ class QuietStarForCausalLM(MistralForCausalLM):
 
         meta = self.thought_embeddings().to(embeds.dtype)
         hidden = run_pass(meta[0].expand_as(embeds), 1)
-        thought_logprobs = []
+        sampled_tokens, token_logprobs = [], []
         for pass_idx in range(2, thought_length):
             token_idx = pass_idx - 2
             if thought_ids is not None and not self.training:
@@ -266,12 +352,13 @@ class QuietStarForCausalLM(MistralForCausalLM):
                 next_tokens = thought_ids[..., token_idx] if thought_ids is not None else self._pick_thought_tokens(logits)
                 if self.training:
                     logprobs = torch.log_softmax(logits.float() / config.reinforce_temperature, dim=-1)
-                    thought_logprobs.append(logprobs.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1))
+                    token_logprobs.append(logprobs.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1))
+            sampled_tokens.append(next_tokens)
             hidden = run_pass(self.model.embed_tokens(next_tokens), pass_idx)
         hidden = run_pass(meta[1].expand_as(embeds), thought_length)
 
         talk_logits, mixing_weights = [], []
-        for j in range(1, n_talk + 1):
+        for j in range(1, n_ahead_talk + 1):
             if j > 1:
                 teacher_tokens = shift_left(tokens, j - 1)
                 hidden = run_pass(self.model.embed_tokens(teacher_tokens), thought_length + j - 1)
@@ -279,37 +366,12 @@ class QuietStarForCausalLM(MistralForCausalLM):
             talk_logits.append(self.lm_head(mixed_hidden))
             mixing_weights.append(weight.squeeze(-1))
 
-        mixed_logits = talk_logits[0]
-        if not self.training:
-            loss = None
-            if labels is not None:
-                loss = self.loss_function(logits=mixed_logits, labels=labels, vocab_size=config.vocab_size)
-            return QuietStarCausalLMOutput(
-                loss=loss,
-                logits=mixed_logits,
-                mean_mixing_weight=mixing_weights[0].mean().detach(),
-            )
-
-        losses = quietstar_loss(
-            base_logits,
-            talk_logits,
-            torch.stack(thought_logprobs, dim=-1).mean(dim=-1),
-            labels,
-            n_thoughts=n_thoughts,
-            base_loss_weight=config.base_loss_weight,
-            policy_loss_weight=config.policy_loss_weight,
-            clip_negative_rewards=config.clip_negative_rewards,
-        )
-        scored = shift_left(labels, 1, IGNORE_INDEX) != IGNORE_INDEX
-        return QuietStarCausalLMOutput(
-            loss=losses.loss,
-            logits=mixed_logits.view(batch, n_thoughts, length, -1)[:, 0],
-            base_loss=losses.base_nll,
-            thought_loss=losses.thought_nll,
-            policy_loss=losses.policy_loss,
-            mean_reward=losses.mean_reward,
-            mean_advantage=losses.mean_advantage,
-            mean_mixing_weight=mixing_weights[0][scored].mean().detach(),
+        return ParallelThoughts(
+            base_logits=base_logits,
+            talk_logits=talk_logits,
+            mixing_weights=mixing_weights,
+            thought_ids=torch.stack(sampled_tokens, dim=-1),
+            thought_logprobs=torch.stack(token_logprobs, dim=-1).mean(dim=-1) if token_logprobs else None,
         )
 
     def _thought_logits(self, hidden: torch.Tensor) -> torch.Tensor:

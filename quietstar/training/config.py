@@ -1,0 +1,396 @@
+"""Training configuration: typed dataclasses, filled from a YAML file and dotted command-line overrides.
+
+A config file mirrors `JobConfig`: top-level `output_dir` plus the sections `model`, `data`, `train`, `checkpoint`
+and `logging`. Overrides address any field by its dotted path (`--train.lr=2e-6`, `--data.sources.0.probability=0.3`,
+`--model.quietstar.n_thoughts=4`); values are parsed as YAML. An unknown key or a value of the wrong type or range
+raises `ConfigError` naming the key.
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..configuration_quietstar import QuietStarConfig
+
+BUILTIN_MISTRAL_TOKENIZER = "builtin-mistral"
+SYNTHETIC_SOURCE = "synthetic"
+
+
+class ConfigError(ValueError):
+    """An invalid training config; the message names the offending key."""
+
+
+@dataclass
+class ModelConfig:
+    """How the model is built.
+
+    Attributes:
+        name_or_path: Hub id or local directory of a base Mistral checkpoint (meta tokens are added) or of a quietstar
+            checkpoint (trained meta embeddings and mixing head kept). `None` builds a random-initialised model from
+            `architecture`.
+        tokenizer: `None` uses the tokenizer stored with `name_or_path`; `"builtin-mistral"` the Mistral 7B v0.1
+            tokenizer shipped with the package (offline); anything else is a hub id or local directory.
+        architecture: `MistralConfig` fields of the random-initialised model (only with `name_or_path: null`), e.g.
+            `hidden_size`, `num_hidden_layers`. The vocabulary size comes from the tokenizer.
+        quietstar: `QuietStarConfig` algorithm fields applied on top of the loaded or built config
+            (`n_thought_tokens`, `n_ahead_talk`, `n_thoughts`, `policy_loss_weight`, `attention_impl`, ...).
+    """
+
+    name_or_path: str | None = None
+    tokenizer: str | None = None
+    architecture: dict[str, Any] = field(default_factory=dict)
+    quietstar: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSourceConfig:
+    """One text source of the training mix, opened with `datasets.load_dataset(..., streaming=True)`.
+
+    Attributes:
+        path: A hub dataset id (`open-web-math/open-web-math`, `allenai/c4`), a `datasets` builder for local files
+            (`json`, `parquet`, `text`, used with `data_files`), or `synthetic` for the package's procedurally
+            generated arithmetic/algebra corpus (see `DataConfig.synthetic`).
+        name: Dataset config name (`en` for `allenai/c4`).
+        data_files: Glob or list of local files (or hub file patterns) to read.
+        split: Split to stream.
+        text_field: Column holding the document text.
+        probability: Sampling weight of this source in the mix; weights are normalised to sum to 1.
+    """
+
+    path: str
+    name: str | None = None
+    data_files: str | list[str] | None = None
+    split: str = "train"
+    text_field: str = "text"
+    probability: float = 1.0
+
+
+@dataclass
+class SyntheticCorpusConfig:
+    """The procedurally generated corpus read by a source with `path: synthetic`.
+
+    Attributes:
+        directory: Where the jsonl shards are written (once; reused when present). `None` means
+            `<output_dir>/synthetic_corpus`.
+        n_documents: Documents to generate.
+        n_shards: jsonl files to spread them over (ranks read whole shards when the world size divides this).
+        seed: Seed of the generator; the same settings always give the same files.
+    """
+
+    directory: str | None = None
+    n_documents: int = 4000
+    n_shards: int = 2
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """The token stream: sources mixed by probability, split by rank, tokenised and packed into rows of `seq_len`.
+
+    Attributes:
+        sources: The text sources of the mix.
+        seq_len: Tokens per training sequence (L). Documents are concatenated (BOS doc EOS BOS doc EOS ...) and cut
+            into rows of exactly this length.
+        shuffle_buffer: Size of the `datasets` streaming shuffle buffer (0 = read in stream order). Resuming keeps
+            the stream position, but `datasets` refills the buffer from there, so with a buffer the batches after a
+            resume differ from an uninterrupted run; with 0 they are identical.
+        synthetic: Settings of the generated corpus (used by sources with `path: synthetic`).
+    """
+
+    sources: list[DataSourceConfig] = field(default_factory=lambda: [DataSourceConfig(path=SYNTHETIC_SOURCE)])
+    seq_len: int = 256
+    shuffle_buffer: int = 0
+    synthetic: SyntheticCorpusConfig = field(default_factory=SyntheticCorpusConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and parallelism.
+
+    Attributes:
+        max_steps: Optimizer steps to run.
+        global_batch_size: Sequences per optimizer step over all ranks; must be a multiple of
+            `micro_batch_size * world_size` (the quotient is the number of gradient-accumulation micro-batches).
+        micro_batch_size: Sequences per forward/backward on one rank (each is repeated `n_thoughts` times inside).
+        lr: Peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (all parameters).
+        adam_beta1: AdamW beta1.
+        adam_beta2: AdamW beta2.
+        adam_eps: AdamW epsilon.
+        warmup_steps: Linear warm-up steps from 0 to `lr`.
+        lr_schedule: After warm-up: `constant`, `cosine` (to 0 at `max_steps`) or `linear` (to 0 at `max_steps`).
+        grad_clip: Maximum global gradient norm (0 disables clipping; the norm is still logged).
+        param_dtype: Dtype of the parameters in forward/backward. Master weights and optimizer state stay float32;
+            with FSDP `bfloat16` is FSDP2's `MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`, in a single
+            process it is autocast.
+        activation_checkpointing: Recompute each decoder layer in backward (all thought passes included).
+        reshard_after_forward: FSDP2 `reshard_after_forward`: free gathered parameters after each layer's forward
+            (less memory, one all-gather per pass and layer) or keep them until backward.
+        device: `auto` (CUDA when available), `cpu` or `cuda`.
+        seed: Seeds model initialisation and thought sampling. Sampling is re-seeded before every micro-batch from
+            (seed, step, global micro-batch index), so it does not depend on the world size or on resuming.
+    """
+
+    max_steps: int = 100
+    global_batch_size: int = 8
+    micro_batch_size: int = 1
+    lr: float = 1e-6
+    weight_decay: float = 1e-3
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_steps: int = 20
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    grad_clip: float = 1.0
+    param_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    activation_checkpointing: bool = True
+    reshard_after_forward: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints under `<output_dir>/checkpoints/step_NNNNNNNN/` (`state/`: resumable DCP state, `hf/`: HF model).
+
+    Every checkpoint is written to a temporary directory and renamed when complete, so a run killed while writing
+    keeps its previous checkpoint. The end of training also writes the HF model to `<output_dir>/final`.
+
+    Attributes:
+        interval: Steps between checkpoints (0 = only at the end).
+        keep_last: Complete checkpoints kept (older ones are deleted).
+        resume: Continue from the latest complete checkpoint in `<output_dir>/checkpoints` (start fresh when there is
+            none). Same as `--resume` on the command line.
+        export_dtype: Dtype of the weights in HF exports.
+    """
+
+    interval: int = 0
+    keep_last: int = 2
+    resume: bool = False
+    export_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+
+
+@dataclass
+class LoggingConfig:
+    """Console progress line, `<output_dir>/metrics.jsonl`, and optionally wandb (rank 0 only).
+
+    Attributes:
+        interval: Steps between logged lines/records.
+        wandb_mode: `disabled` (default; wandb is never needed), `offline` (files under `<output_dir>/wandb`) or
+            `online`.
+        wandb_project: wandb project name.
+        wandb_run_name: wandb run name (`None`: wandb's default).
+        peak_flops_per_device: Peak FLOP/s of one device for the MFU estimate. `None` looks the device up (H100,
+            H200, A100, ...); MFU is omitted when it is unknown (CPU).
+    """
+
+    interval: int = 1
+    wandb_mode: Literal["disabled", "offline", "online"] = "disabled"
+    wandb_project: str = "quietstar"
+    wandb_run_name: str | None = None
+    peak_flops_per_device: float | None = None
+
+
+@dataclass
+class JobConfig:
+    """A training run. Attributes: `output_dir` (checkpoints, metrics, final model) and the five sections."""
+
+    output_dir: str = "outputs/run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> JobConfig:
+    """Read a YAML config (defaults of `JobConfig` where `path` is None), apply `key=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} must look like section.key=value")
+        _set_dotted(raw, key.split("."), yaml.safe_load(value))
+    config = _build(JobConfig, raw, "")
+    validate(config)
+    return config
+
+
+def config_to_dict(config: JobConfig) -> dict[str, Any]:
+    """The config as plain data (for logging and the run's `config.yaml`)."""
+    return dataclasses.asdict(config)
+
+
+def _set_dotted(tree: dict, keys: list[str], value: Any) -> None:
+    node: Any = tree
+    for depth, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, key, keys[: depth + 1])]
+        else:
+            node = node.setdefault(key, {})
+    if isinstance(node, list):
+        node[_list_index(node, keys[-1], keys)] = value
+    elif isinstance(node, dict):
+        node[keys[-1]] = value
+    else:
+        raise ConfigError(f"cannot override {'.'.join(keys)!r}: {'.'.join(keys[:-1])!r} is not a section")
+
+
+def _list_index(node: list, key: str, keys: list[str]) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"{'.'.join(keys)!r}: index {key!r} is not in a list of {len(node)} entries")
+    return int(key)
+
+
+def _build(cls: type, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"unknown config key {_join(where, key)!r} (known: {', '.join(sorted(known))})")
+    values = {name: _convert(hints[name], raw[name], _join(where, name)) for name in known if name in raw}
+    try:
+        return cls(**values)
+    except TypeError as error:  # a required field is missing
+        raise ConfigError(f"{where or 'config'}: {error}") from None
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[-1] if len(errors) == 1 else f"{where}: {value!r} matches none of {hint}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_convert(args[0], item, f"{where}.{i}") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        # PyYAML reads exponents without a dot ("1e-6") as strings.
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+# --------------------------------------------------------------------------------------------------- validation
+
+_QUIETSTAR_FIELDS = {f.name for f in dataclasses.fields(QuietStarConfig)}
+
+
+def validate(config: JobConfig) -> None:
+    """Range and consistency checks that types alone cannot express; raise `ConfigError` naming the key."""
+    model, data, train = config.model, config.data, config.train
+    for section, keys in (("model.architecture", model.architecture), ("model.quietstar", model.quietstar)):
+        for key in keys:
+            if key not in _QUIETSTAR_FIELDS:
+                raise ConfigError(f"unknown config key '{section}.{key}': not a QuietStarConfig field")
+    if model.architecture and model.name_or_path is not None:
+        raise ConfigError("model.architecture only applies to a random-initialised model (model.name_or_path: null)")
+    if model.name_or_path is None and model.tokenizer is None:
+        raise ConfigError("model.tokenizer must be set when model.name_or_path is null (e.g. 'builtin-mistral')")
+    try:
+        QuietStarConfig(**{**model.architecture, **model.quietstar})
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"model.quietstar/model.architecture: {error}") from None
+
+    if not data.sources:
+        raise ConfigError("data.sources must list at least one source")
+    for i, source in enumerate(data.sources):
+        if not source.probability > 0:
+            raise ConfigError(f"data.sources.{i}.probability must be > 0, got {source.probability}")
+    _positive(data.seq_len, "data.seq_len", minimum=2)
+    _positive(data.shuffle_buffer, "data.shuffle_buffer", minimum=0)
+    _positive(data.synthetic.n_documents, "data.synthetic.n_documents")
+    _positive(data.synthetic.n_shards, "data.synthetic.n_shards")
+
+    _positive(train.max_steps, "train.max_steps")
+    _positive(train.global_batch_size, "train.global_batch_size")
+    _positive(train.micro_batch_size, "train.micro_batch_size")
+    if train.global_batch_size % train.micro_batch_size:
+        raise ConfigError(
+            f"train.global_batch_size ({train.global_batch_size}) must be a multiple of train.micro_batch_size "
+            f"({train.micro_batch_size})"
+        )
+    for name in ("lr", "weight_decay", "adam_eps", "grad_clip"):
+        if getattr(train, name) < 0:
+            raise ConfigError(f"train.{name} must be >= 0, got {getattr(train, name)}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(train, name) < 1:
+            raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(train, name)}")
+    _positive(train.warmup_steps, "train.warmup_steps", minimum=0)
+
+    _positive(config.checkpoint.interval, "checkpoint.interval", minimum=0)
+    _positive(config.checkpoint.keep_last, "checkpoint.keep_last")
+    _positive(config.logging.interval, "logging.interval")
+    peak = config.logging.peak_flops_per_device
+    if peak is not None and not peak > 0:
+        raise ConfigError(f"logging.peak_flops_per_device must be > 0, got {peak}")
+
+
+def _positive(value: int, key: str, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+
+
+def grad_accumulation_steps(train: TrainConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step on each rank; raises `ConfigError` if the batch does not divide."""
+    per_step = train.micro_batch_size * world_size
+    if train.global_batch_size % per_step:
+        raise ConfigError(
+            f"train.global_batch_size ({train.global_batch_size}) must be a multiple of train.micro_batch_size * "
+            f"world size ({train.micro_batch_size} * {world_size})"
+        )
+    return train.global_batch_size // per_step
