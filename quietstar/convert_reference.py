@@ -292,7 +292,8 @@ def _save_renamed_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: Path,
     renames = {REFERENCE_START_OF_THOUGHT: START_OF_THOUGHT, REFERENCE_END_OF_THOUGHT: END_OF_THOUGHT}
     for path in map(Path, saved):
         if path.suffix == ".json":
-            path.write_text(json.dumps(_rename_strings(json.loads(path.read_text()), renames), indent=2, ensure_ascii=False))
+            renamed_json = _rename_strings(json.loads(path.read_text()), renames)
+            path.write_text(json.dumps(renamed_json, indent=2, ensure_ascii=False))
 
     renamed = AutoTokenizer.from_pretrained(directory)
     vocab = renamed.get_vocab()
@@ -325,7 +326,11 @@ def _replace_directory(staging: Path, dst: Path) -> None:
         return
     old = Path(f"{staging}.replaced")
     dst.rename(old)
-    staging.rename(dst)
+    try:
+        staging.rename(dst)
+    except BaseException:
+        old.rename(dst)
+        raise
     if old.is_dir():
         shutil.rmtree(old)
     else:

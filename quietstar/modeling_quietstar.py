@@ -11,8 +11,11 @@ x[0..i] and to its own earlier passes only (`attention_quietstar`). The hidden s
 with the base hidden state of position i + j - 1 by the mixing head, predicts x[i + j]. The loss is in
 `losses_quietstar`.
 
-Inference (`model.eval()`): `.logits` are the thought-mixed next-token logits of every position (one greedy
-thought per position unless `thought_ids` are given).
+Inference (`model.eval()`): `.logits` are the thought-mixed next-token logits of every position (one thought per
+position at `inference_thought_temperature`, greedy by default, unless `thought_ids` are given). Without a cache, or
+into an empty cache, all positions think in parallel as in training. Extending a non-empty cache, or when only the
+last position's logits are wanted (`generate()`), each wanted position thinks on the KV cache and the thought is
+cropped out again (`generation_quietstar`), so stock `generate()` thinks before every token it emits.
 """
 
 from dataclasses import dataclass
@@ -20,12 +23,13 @@ from dataclasses import dataclass
 import torch
 from einops import repeat
 from torch import nn
-from transformers import MistralForCausalLM
+from transformers import Cache, DynamicCache, MistralForCausalLM
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .attention_quietstar import QuietStarAttention, ThoughtKVStore, resolve_attention_impl
 from .configuration_quietstar import QuietStarConfig
+from .generation_quietstar import QuietStarGenerationMixin, check_thinking_cache
 from .losses_quietstar import IGNORE_INDEX, quietstar_loss, shift_left
 
 
@@ -46,6 +50,10 @@ class QuietStarCausalLMOutput(CausalLMOutputWithPast):
         Mean over positions of the (clipped) advantage.
     mean_mixing_weight (`torch.FloatTensor`, *optional*):
         Mean mixing weight w over scored positions (0 = base prediction only).
+    thought_ids (`torch.LongTensor` of shape `(batch_size, kept_length, n_thought_tokens - 2)`, *optional*):
+        Eval mode: the thought content tokens behind each returned position's logits.
+    mixing_weights (`torch.FloatTensor` of shape `(batch_size, kept_length)`, *optional*):
+        Eval mode: the mixing weight w of each returned position.
     """
 
     base_loss: torch.FloatTensor | None = None
@@ -54,6 +62,8 @@ class QuietStarCausalLMOutput(CausalLMOutputWithPast):
     mean_reward: torch.FloatTensor | None = None
     mean_advantage: torch.FloatTensor | None = None
     mean_mixing_weight: torch.FloatTensor | None = None
+    thought_ids: torch.LongTensor | None = None
+    mixing_weights: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -124,7 +134,7 @@ class QuietStarMixingHead(nn.Module):
         return h_base + weight * (h_thought - h_base), weight
 
 
-class QuietStarForCausalLM(MistralForCausalLM):
+class QuietStarForCausalLM(QuietStarGenerationMixin, MistralForCausalLM):
     config_class = QuietStarConfig
 
     def __init__(self, config: QuietStarConfig):
@@ -180,7 +190,9 @@ class QuietStarForCausalLM(MistralForCausalLM):
 
         In training mode with thinking, `loss` is the Quiet-STaR loss (parts in the other fields) and `logits` are the
         thought-mixed next-token logits of the first of the `n_thoughts` thoughts. In eval mode `logits` are the
-        thought-mixed next-token logits of every position and `loss` (with `labels`) is their causal-LM NLL.
+        thought-mixed next-token logits of the positions selected by `logits_to_keep` (all by default), `loss` (with
+        `labels`) is their causal-LM NLL, `thought_ids` and `mixing_weights` say which thought and weight produced
+        them, and with `use_cache` the returned cache holds the real tokens only (never thought tokens).
         """
         thinking = self.config.thinking if thinking is None else thinking
         if input_ids is not None:
@@ -200,10 +212,13 @@ class QuietStarForCausalLM(MistralForCausalLM):
         if input_ids is None:
             raise ValueError("Quiet-STaR thinking needs input_ids (the thoughts feed tokens back); got inputs_embeds only")
         self._check_can_think(input_ids, thought_ids)
-        if past_key_values is not None:
-            raise ValueError(
-                "a thinking forward does not take past_key_values; pass thinking=False to use a KV cache"
+        if not self.training:
+            return self._thinking_inference_forward(
+                input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, labels, use_cache,
+                logits_to_keep, thought_ids,
             )
+        if past_key_values is not None:
+            raise ValueError("a training forward does not take past_key_values; pass thinking=False to use a KV cache")
         return self._parallel_thinking_forward(input_ids, inputs_embeds, attention_mask, position_ids, labels, thought_ids)
 
     def _check_token_ids(self, input_ids: torch.LongTensor) -> None:
@@ -234,9 +249,63 @@ class QuietStarForCausalLM(MistralForCausalLM):
                 )
             self._check_token_ids(thought_ids)
 
+    def _thinking_inference_forward(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, labels, use_cache,
+        logits_to_keep, thought_ids,
+    ) -> QuietStarCausalLMOutput:
+        """Eval-mode thinking forward of a chunk of n new tokens, with or without a KV cache.
+
+        Into an empty cache (or without one) with more than one kept position, all positions think in parallel
+        (`run_parallel_thoughts`) and the cache receives the base pass's keys and values. Otherwise the chunk extends
+        the cache and each kept position thinks on the cache (`_sequential_thoughts`); a temporary cache is used when
+        `use_cache` is off. Either way the cache ends up holding the real tokens only.
+        """
+        batch, length = input_ids.shape
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = DynamicCache(config=self.config)
+        if cache is not None:
+            check_thinking_cache(cache)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = _default_position_ids(attention_mask, batch, length, input_ids.device, past_length)
+        keep = _kept_positions(logits_to_keep, length, input_ids.device)
+        if past_length == 0 and keep.numel() > 1:
+            passes = self.run_parallel_thoughts(
+                input_ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                thought_ids=thought_ids,
+                past_key_values=cache,
+            )
+            logits = passes.talk_logits[0][:, keep]
+            kept_thoughts, weights = passes.thought_ids[:, keep], passes.mixing_weights[0][:, keep]
+        else:
+            logits, kept_thoughts, weights = self._sequential_thoughts(
+                inputs_embeds,
+                attention_mask,
+                position_ids,
+                cache if cache is not None else DynamicCache(config=self.config),
+                keep,
+                thought_ids,
+            )
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+        return QuietStarCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=cache if use_cache else None,
+            mean_mixing_weight=weights.mean().detach(),
+            thought_ids=kept_thoughts,
+            mixing_weights=weights,
+        )
+
     def _parallel_thinking_forward(self, input_ids, inputs_embeds, attention_mask, position_ids, labels, thought_ids):
         config = self.config
-        n_thoughts = config.n_thoughts if self.training else 1
+        n_thoughts = config.n_thoughts
         batch, length = input_ids.shape
         passes = self.run_parallel_thoughts(
             input_ids,
@@ -245,19 +314,11 @@ class QuietStarForCausalLM(MistralForCausalLM):
             position_ids=position_ids,
             thought_ids=thought_ids,
             n_thoughts=n_thoughts,
-            n_ahead_talk=config.n_ahead_talk if self.training else 1,
+            n_ahead_talk=config.n_ahead_talk,
         )
         mixed_logits = passes.talk_logits[0]
-        if labels is None and self.training:
+        if labels is None:
             labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
-        if not self.training:
-            loss = None
-            if labels is not None:
-                loss = self.loss_function(logits=mixed_logits, labels=labels, vocab_size=config.vocab_size)
-            return QuietStarCausalLMOutput(
-                loss=loss, logits=mixed_logits, mean_mixing_weight=passes.mixing_weights[0].mean().detach()
-            )
-
         labels = repeat(labels, "b l -> (b n) l", n=n_thoughts)
         losses = quietstar_loss(
             passes.base_logits,
@@ -291,6 +352,7 @@ class QuietStarForCausalLM(MistralForCausalLM):
         thought_ids: torch.LongTensor | None = None,
         n_thoughts: int = 1,
         n_ahead_talk: int = 1,
+        past_key_values: Cache | None = None,
     ) -> ParallelThoughts:
         """Run the base pass, the thought passes and the look-ahead passes for all positions at once.
 
@@ -302,13 +364,17 @@ class QuietStarForCausalLM(MistralForCausalLM):
             thought_ids: (B, L, n_thought_tokens - 2) thought content tokens to use instead of sampling.
             n_thoughts: N, thoughts per position; every row is repeated N times (row b * N + n).
             n_ahead_talk: A, look-ahead passes scored after the thought.
+            past_key_values: an empty cache that receives the base pass's keys and values (needs n_thoughts = 1).
 
-        Thought tokens are sampled at `thought_temperature` in training mode and taken greedily in eval mode.
+        Thought tokens are sampled at `thought_temperature` in training mode and at `inference_thought_temperature`
+        (greedy at 0) in eval mode.
         The log-probabilities for REINFORCE are only computed in training mode.
         """
         config = self.config
         thought_length = config.n_thought_tokens
         batch, length = input_ids.shape
+        if past_key_values is not None and (n_thoughts != 1 or past_key_values.get_seq_length() != 0):
+            raise ValueError("run_parallel_thoughts fills only an empty cache, and only with n_thoughts=1")
         if inputs_embeds is None:
             inputs_embeds = self.embed_input_ids(input_ids)
         tokens = repeat(input_ids, "b l -> (b n) l", n=n_thoughts)
@@ -339,6 +405,9 @@ class QuietStarForCausalLM(MistralForCausalLM):
 
         base_hidden = run_pass(embeds, 0)
         base_logits = self.lm_head(base_hidden)
+        if past_key_values is not None:
+            for layer_idx in range(config.num_hidden_layers):
+                past_key_values.update(*store.base(layer_idx), layer_idx)
 
         meta = self.thought_embeddings().to(embeds.dtype)
         hidden = run_pass(meta[0].expand_as(embeds), 1)
@@ -381,18 +450,50 @@ class QuietStarForCausalLM(MistralForCausalLM):
         return logits.index_fill(-1, torch.tensor(meta_ids, device=logits.device), float("-inf"))
 
     def _pick_thought_tokens(self, logits: torch.Tensor) -> torch.LongTensor:
-        """(B', L, V) -> (B', L): a sample at `thought_temperature` in training, the argmax in eval. Not differentiated."""
-        if not self.training:
+        """(B', L, V) -> (B', L), not differentiated: a sample at `thought_temperature` in training; in eval a sample at
+        `inference_thought_temperature`, or the argmax when that is 0."""
+        temperature = self.config.thought_temperature if self.training else self.config.inference_thought_temperature
+        if temperature == 0:
             return logits.argmax(dim=-1)
-        probs = torch.softmax(logits.detach().float() / self.config.thought_temperature, dim=-1)
-        return torch.multinomial(probs.flatten(0, 1), 1).view(probs.shape[:-1])
+        probs = torch.softmax(logits.detach().float() / temperature, dim=-1)
+        return _sample_categorical(probs)
 
 
-def _default_position_ids(attention_mask, rows: int, length: int, device) -> torch.LongTensor:
-    """Positions counted over real tokens (so left padding works); 0..L-1 without a mask."""
+def _sample_categorical(probs: torch.Tensor) -> torch.LongTensor:
+    """One sample per row of (..., V) probabilities, by inverse CDF.
+
+    Written out instead of `torch.multinomial`, which draws an exponential variate per vocabulary entry: with one
+    uniform number per row a training step of the tiny CPU config runs about 1.5x faster. Zero-probability entries
+    (the masked meta tokens) are never drawn; if float rounding lands past the last non-zero entry, the row's most
+    likely token is taken.
+    """
+    cdf = probs.cumsum(dim=-1)
+    uniform = torch.rand(*probs.shape[:-1], 1, device=probs.device) * cdf[..., -1:]
+    tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=probs.shape[-1] - 1)
+    drawable = probs.gather(-1, tokens) > 0
+    return torch.where(drawable, tokens, probs.argmax(dim=-1, keepdim=True)).squeeze(-1)
+
+
+def _default_position_ids(attention_mask, rows: int, length: int, device, past_length: int = 0) -> torch.LongTensor:
+    """(rows, length) positions of the last `length` tokens, counted over real tokens (so left padding works).
+
+    `attention_mask` is (rows, past_length + length) or None; without it the positions are past_length, past_length + 1, ...
+    """
     if attention_mask is None:
-        return torch.arange(length, device=device).expand(rows, -1)
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return torch.arange(past_length, past_length + length, device=device).expand(rows, -1)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+
+
+def _kept_positions(logits_to_keep: int | torch.Tensor, length: int, device) -> torch.LongTensor:
+    """The chunk indices whose logits `forward` returns: all for 0, the last k for an int k, or the given 1D indices."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        keep = logits_to_keep.to(device=device, dtype=torch.long)
+        if keep.ndim != 1 or not keep.numel() or int(keep.min()) < -length or int(keep.max()) >= length:
+            raise ValueError(f"logits_to_keep as a tensor must hold 1D indices into the {length} new positions")
+        return keep % length
+    if logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
+    return torch.arange(max(length - logits_to_keep, 0) if logits_to_keep else 0, length, device=device)
 
 
 __all__ = ["QuietStarCausalLMOutput", "QuietStarForCausalLM", "QuietStarMixingHead", "QuietStarThoughtEmbeddings"]

@@ -137,3 +137,17 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     torch.testing.assert_close(results[0][0], results[1][0])
     for name, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][name], msg=name)
+
+
+def test_thought_sampler_draws_from_the_distribution_and_never_a_masked_token():
+    from quietstar.modeling_quietstar import _sample_categorical
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 6, generator=generator), dim=-1)
+    probs[:, 2] = 0  # a masked token
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    torch.manual_seed(0)
+    samples = _sample_categorical(probs.unsqueeze(1).expand(3, 100_000, 6))
+    frequencies = torch.stack([torch.bincount(row, minlength=6) for row in samples]).float() / 100_000
+    assert (frequencies[:, 2] == 0).all()
+    torch.testing.assert_close(frequencies, probs, atol=5e-3, rtol=0)

@@ -7,6 +7,7 @@ raises `ConfigError` naming the key.
 """
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,17 @@ from ..configuration_quietstar import QuietStarConfig
 
 BUILTIN_MISTRAL_TOKENIZER = "builtin-mistral"
 SYNTHETIC_SOURCE = "synthetic"
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading exponent floats without a dot or sign (`1e-6`, `1.0e6`) as floats (YAML 1.2)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
 
 
 class ConfigError(ValueError):
@@ -218,14 +230,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> JobConfig
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {override!r} must look like section.key=value")
-        _set_dotted(raw, key.split("."), yaml.safe_load(value))
+        _set_dotted(raw, key.split("."), yaml.load(value, Loader=_YamlLoader))
     config = _build(JobConfig, raw, "")
     validate(config)
     return config
@@ -307,18 +319,14 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return value
     if hint is float:
-        # PyYAML reads exponents without a dot ("1e-6") as strings.
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
-    return value
+    raise TypeError(f"unsupported annotation {hint!r} of config field {where}")
 
 
 def _join(where: str, key: str) -> str:

@@ -1,0 +1,92 @@
+"""`python -m quietstar.eval CHECKPOINT`: zero-shot GSM8K and CommonsenseQA as the Quiet-STaR paper scored them.
+
+Writes a JSON file with the scores per task and mode (thinking / base), the evaluation settings, the checkpoint path
+and its config. Examples:
+
+    python -m quietstar.eval outputs/tiny/final --limit 200
+    python -m quietstar.eval CKPT --tasks gsm8k --gsm8k data/gsm8k_test.jsonl --thought-temperature 0
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import quietstar
+
+from .checkpoint import load_checkpoint
+from .scoring import TASKS, EvalSettings, evaluate_task, load_examples
+
+MODES = {"thinking": True, "base": False}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m quietstar.eval", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="checkpoint directory (or hub id) with its tokenizer")
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["gsm8k", "csqa"])
+    for name, spec in TASKS.items():
+        parser.add_argument(f"--{name}", default=spec.hub_id, help=f"hub id or local .jsonl/.json/.parquet/.csv (default {spec.hub_id})")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="with and/or without thinking")
+    parser.add_argument("--limit", type=int, help="score only the first N examples of each task")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=256, help="tokens per example (the paper's 256)")
+    parser.add_argument(
+        "--thought-temperature", type=float, default=1.0,
+        help="thought sampling temperature: 1.0 samples thoughts as the paper's evaluation did, 0 is greedy",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--output", type=Path, default=Path("eval_results.json"))
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.max_length < 2 or (args.limit is not None and args.limit < 1):
+        parser.error("--batch-size and --limit must be >= 1 and --max-length >= 2")
+    if args.thought_temperature < 0:
+        parser.error("--thought-temperature must be >= 0")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    model, tokenizer = load_checkpoint(
+        args.checkpoint, args.device, args.dtype, inference_thought_temperature=args.thought_temperature
+    )
+    settings = EvalSettings(batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
+    results = {}
+    for task in args.tasks:
+        source = getattr(args, task)
+        examples = load_examples(task, source, args.limit)
+        results[task] = {"source": source}
+        for mode in args.modes:
+            scores = evaluate_task(model, tokenizer, task, examples, thinking=MODES[mode], settings=settings)
+            results[task][mode] = scores
+            print(
+                f"{task:6s} {mode:8s} n={scores['n_examples']:5d}  paper={scores['paper_accuracy']:.4f}  "
+                f"whitelist-argmax={scores['whitelist_argmax_accuracy']:.4f}  argmax={scores['argmax_accuracy']:.4f}"
+            )
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "quietstar_version": quietstar.__version__,
+        "settings": {
+            "tasks": args.tasks,
+            "modes": args.modes,
+            "limit": args.limit,
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "thought_temperature": args.thought_temperature,
+            "seed": args.seed,
+            "device": str(model.device),
+            "dtype": str(model.dtype),
+        },
+        "model_config": model.config.to_dict(),
+        "results": results,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

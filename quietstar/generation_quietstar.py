@@ -1,0 +1,176 @@
+"""Thinking on a KV cache: what `QuietStarForCausalLM` does in eval mode when it extends a cache (generation).
+
+For a position whose prediction is wanted, the model runs `<|startofthought|>`, `n_thought_tokens - 2` thought
+tokens and `<|endofthought|>` as single-token steps on the cache that holds the context, mixes the hidden state at
+`<|endofthought|>` with the base hidden state of the position through the mixing head, and crops the thought out of
+the cache again, so later tokens never see earlier thoughts. A generated token therefore costs one base step plus
+`n_thought_tokens` thought steps, and the context is never forwarded again.
+
+This module keeps relative imports only: it is copied next to a checkpoint's modeling code for
+`trust_remote_code=True`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from transformers import Cache
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+
+@dataclass
+class QuietStarGenerateOutput(GenerateDecoderOnlyOutput):
+    r"""
+    [`GenerateDecoderOnlyOutput`] plus the thought behind each generated token.
+
+    thought_ids (`torch.LongTensor` of shape `(batch_size, generated_length, n_thought_tokens - 2)`):
+        The content tokens of the thought before each generated token (start and end tokens left out). Rows that
+        finished early (end-of-sequence) keep thoughts for their padding positions.
+    mixing_weights (`torch.FloatTensor` of shape `(batch_size, generated_length)`):
+        The mixing weight w of each generated token (0 = the base prediction only).
+    """
+
+    thought_ids: torch.LongTensor | None = None
+    mixing_weights: torch.FloatTensor | None = None
+
+
+def check_thinking_cache(cache) -> None:
+    """Raise a `ValueError` unless `cache` can hold thoughts and drop them again (a dynamic, non-sliding cache)."""
+    if not isinstance(cache, Cache) or cache.is_compileable or any(cache.is_sliding):
+        raise ValueError(
+            "thinking with a KV cache needs a croppable full-attention cache (DynamicCache, with "
+            f"config.sliding_window=None); got {type(cache).__name__}. Use the default cache of generate() or pass "
+            "thinking=False"
+        )
+
+
+class QuietStarGenerationMixin:
+    """Cache-based thinking for `QuietStarForCausalLM` (eval mode) and `generate_with_thoughts`."""
+
+    def _sequential_thoughts(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor,
+        cache: Cache,
+        keep: torch.LongTensor,
+        thought_ids: torch.LongTensor | None,
+    ) -> tuple[torch.Tensor, torch.LongTensor, torch.Tensor]:
+        """Extend `cache` by a chunk of real tokens, then think on the cache for each kept position of the chunk.
+
+        Args:
+            inputs_embeds: (B, n) embeddings of the new tokens.
+            attention_mask: (B, past + n) 1 for real tokens, 0 for padding, or None for no padding.
+            position_ids: (B, n) RoPE positions of the new tokens.
+            cache: holds the `past` earlier tokens; holds `past + n` on return (no thought tokens).
+            keep: (K,) indices into the chunk of the positions to predict from.
+            thought_ids: (B, n, n_thought_tokens - 2) thought content tokens to use instead of sampling, or None.
+
+        The thought of chunk position i sees the context up to i only: later tokens of the chunk are masked out.
+
+        Returns:
+            mixed logits (B, K, V), thought content tokens (B, K, n_thought_tokens - 2), mixing weights (B, K).
+        """
+        past_length = cache.get_seq_length()
+        batch, length = inputs_embeds.shape[:2]
+        base_hidden = self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        thought_hidden, thoughts = [], []
+        for i in keep.tolist():
+            context_mask = attention_mask
+            if i < length - 1:
+                if context_mask is None:
+                    context_mask = torch.ones(batch, past_length + length, dtype=torch.long, device=inputs_embeds.device)
+                context_mask = context_mask.clone()
+                context_mask[:, past_length + i + 1 :] = 0
+            hidden, tokens = self._think_on_cache(
+                cache, context_mask, position_ids[:, i], None if thought_ids is None else thought_ids[:, i]
+            )
+            thought_hidden.append(hidden)
+            thoughts.append(tokens)
+        mixed_hidden, weight = self.mixing_head.mix(base_hidden[:, keep], torch.stack(thought_hidden, dim=1))
+        return self.lm_head(mixed_hidden), torch.stack(thoughts, dim=1), weight.squeeze(-1)
+
+    def _think_on_cache(
+        self,
+        cache: Cache,
+        context_mask: torch.Tensor | None,
+        positions: torch.LongTensor,
+        forced_thought: torch.LongTensor | None,
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """Run one thought per row after the context in `cache`, then crop it out of the cache.
+
+        Args:
+            cache: holds the C context tokens; holds the same C tokens on return.
+            context_mask: (B, C) 1 for the context tokens the thought may see, or None for all of them.
+            positions: (B,) RoPE position of the token the thought follows; thought token k gets position + k.
+            forced_thought: (B, n_thought_tokens - 2) content tokens to use instead of sampling, or None.
+
+        Returns:
+            the final hidden state at `<|endofthought|>` (B, H) and the thought content tokens (B, n_thought_tokens - 2).
+        """
+        config = self.config
+        batch = positions.shape[0]
+        context_length = cache.get_seq_length()
+        meta = self.thought_embeddings().to(self.model.embed_tokens.weight.dtype)
+        step_embeds = meta[0].expand(batch, 1, -1)
+        tokens = []
+        for step in range(config.n_thought_tokens):
+            step_mask = None
+            if context_mask is not None:
+                step_mask = torch.cat([context_mask, context_mask.new_ones(batch, step + 1)], dim=-1)
+            hidden = self.model(
+                inputs_embeds=step_embeds,
+                attention_mask=step_mask,
+                position_ids=(positions + step + 1).unsqueeze(-1),
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+            if step < config.n_sampled_thought_tokens:
+                if forced_thought is None:
+                    next_tokens = self._pick_thought_tokens(self._thought_logits(hidden))[:, 0]
+                else:
+                    next_tokens = forced_thought[:, step]
+                tokens.append(next_tokens)
+                step_embeds = self.model.embed_tokens(next_tokens).unsqueeze(1)
+            else:
+                step_embeds = meta[1].expand(batch, 1, -1)
+        cache.crop(context_length - cache.get_seq_length())
+        return hidden[:, 0], torch.stack(tokens, dim=-1)
+
+    @torch.no_grad()
+    def generate_with_thoughts(self, inputs: torch.Tensor | None = None, **kwargs) -> QuietStarGenerateOutput:
+        """`generate(inputs, **kwargs)` that also returns the thought and mixing weight behind each generated token.
+
+        Takes every argument of [`~GenerationMixin.generate`] (greedy or sampling decoding; beam search is not
+        supported because beams reorder the rows) and always returns a [`QuietStarGenerateOutput`] whose
+        `thought_ids` has shape (batch, generated_length, n_thought_tokens - 2). Decode a thought with
+        `tokenizer.decode(output.thought_ids[b, t])`.
+        """
+        if not kwargs.get("thinking", self.config.thinking):
+            raise ValueError("generate_with_thoughts needs a thinking model; pass thinking=True or use generate()")
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        if (kwargs.get("num_beams") or generation_config.num_beams or 1) > 1:
+            raise ValueError("generate_with_thoughts supports greedy and sampling decoding, not beam search (num_beams > 1)")
+        kwargs.pop("return_dict_in_generate", None)
+        steps = []
+
+        def record(module, args, output):
+            steps.append((output.thought_ids[:, -1], output.mixing_weights[:, -1]))
+
+        handle = self.register_forward_hook(record)
+        try:
+            output = self.generate(inputs, return_dict_in_generate=True, **kwargs)
+        finally:
+            handle.remove()
+        thought_ids, mixing_weights = zip(*steps)
+        return QuietStarGenerateOutput(
+            **output, thought_ids=torch.stack(thought_ids, dim=1), mixing_weights=torch.stack(mixing_weights, dim=1)
+        )
+
+
+__all__ = ["QuietStarGenerateOutput", "QuietStarGenerationMixin", "check_thinking_cache"]

@@ -1,0 +1,134 @@
+"""`python -m quietstar.inspect CHECKPOINT --text "..."`: what the model thinks at every position of a text.
+
+For each position i (after token x[i]) the table shows the thought generated there, the mixing weight w of the
+next-token prediction and the thought's reward as in training: the NLL of the next `n_ahead_talk` tokens without the
+thought minus their NLL with it (positive = the thought helped). An HTML heatmap colours every token by the reward
+(and by w) of the thought that follows it; hover a token to read its thought.
+"""
+
+import argparse
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .eval.checkpoint import load_checkpoint
+from .losses_quietstar import IGNORE_INDEX, shift_left, token_nll
+
+
+@dataclass
+class ThoughtReport:
+    """Per position i of one text (L positions): `tokens[i]` = x[i] as text, `thoughts[i]` the thought after it,
+    `mixing_weights` (L,) w of the prediction of x[i+1], `rewards` (L,) summed NLL improvement over x[i+1..i+A],
+    `base_nll` / `mixed_nll` (L,) NLL of x[i+1] without / with the thought (NaN at the last position)."""
+
+    tokens: list[str]
+    thoughts: list[str]
+    mixing_weights: torch.Tensor
+    rewards: torch.Tensor
+    base_nll: torch.Tensor
+    mixed_nll: torch.Tensor
+
+
+@torch.no_grad()
+def inspect_text(model, tokenizer, text: str) -> ThoughtReport:
+    """Think at every position of `text` in parallel (eval mode) and score each thought on the next tokens."""
+    input_ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+    if input_ids.shape[1] < 2:
+        raise ValueError("the text must encode to at least two tokens")
+    model.eval()
+    passes = model.run_parallel_thoughts(input_ids, n_ahead_talk=model.config.n_ahead_talk)
+    base_token_nll = token_nll(passes.base_logits, shift_left(input_ids, 1, IGNORE_INDEX))
+    rewards = torch.zeros_like(base_token_nll)
+    mixed_nll = None
+    for j, logits in enumerate(passes.talk_logits, start=1):
+        targets = shift_left(input_ids, j, IGNORE_INDEX)
+        nll = token_nll(logits, targets)
+        mixed_nll = nll if mixed_nll is None else mixed_nll
+        rewards += (shift_left(base_token_nll, j - 1) - nll) * (targets != IGNORE_INDEX)
+    last = torch.full((1,), float("nan"), device=input_ids.device)
+    return ThoughtReport(
+        tokens=[tokenizer.decode([token]) for token in input_ids[0].tolist()],
+        thoughts=[tokenizer.decode(thought) for thought in passes.thought_ids[0].tolist()],
+        mixing_weights=passes.mixing_weights[0][0].float().cpu(),
+        rewards=rewards[0].float().cpu(),
+        base_nll=torch.cat([base_token_nll[0, :-1], last]).float().cpu(),
+        mixed_nll=torch.cat([mixed_nll[0, :-1], last]).float().cpu(),
+    )
+
+
+def format_table(report: ThoughtReport, width: int = 40) -> str:
+    """A fixed-width terminal table, one row per position."""
+
+    def cell(text: str, size: int) -> str:
+        text = repr(text)[1:-1]  # newlines and other control characters as escapes
+        return text if len(text) <= size else text[: size - 1] + "~"
+
+    header = f"{'pos':>4}  {'token':<14}  {'thought after it':<{width}}  {'w':>7}  {'reward':>8}  {'nll base->mixed':>16}"
+    lines = [header, "-" * len(header)]
+    for i, (token, thought) in enumerate(zip(report.tokens, report.thoughts)):
+        nll = "" if i == len(report.tokens) - 1 else f"{report.base_nll[i]:.3f}->{report.mixed_nll[i]:.3f}"
+        lines.append(
+            f"{i:>4}  {cell(token, 14):<14}  {cell(thought, width):<{width}}  {report.mixing_weights[i]:>7.3f}  "
+            f"{report.rewards[i]:>8.3f}  {nll:>16}"
+        )
+    return "\n".join(lines)
+
+
+def _colour(value: float, scale: float) -> str:
+    """Green for positive, red for negative values, saturating at |value| = scale."""
+    strength = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
+    hue = 120 if value >= 0 else 0
+    return f"hsla({hue}, 70%, 45%, {0.08 + 0.8 * strength:.3f})"
+
+
+def format_html(report: ThoughtReport, title: str) -> str:
+    """A self-contained HTML page with two heatmaps over the text: thought reward and mixing weight."""
+    sections = []
+    for name, values in (("reward of the thought after each token", report.rewards), ("mixing weight w", report.mixing_weights)):
+        scale = float(values.abs().max()) or 1.0
+        spans = []
+        for i, token in enumerate(report.tokens):
+            tip = f"pos {i} | thought: {report.thoughts[i]} | w={report.mixing_weights[i]:.3f} | reward={report.rewards[i]:.3f}"
+            text = html.escape(token).replace("\n", "&#8629;<br>")
+            spans.append(f'<span title="{html.escape(tip)}" style="background:{_colour(float(values[i]), scale)}">{text}</span>')
+        sections.append(f"<h2>{html.escape(name)} (scale &plusmn;{scale:.3g})</h2><div class=\"text\">{''.join(spans)}</div>")
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        ".text{font-family:monospace;white-space:pre-wrap;line-height:1.8}"
+        ".text span{padding:1px 0;border-radius:3px}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{style}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1><p>Green: positive, red: negative. Hover a token for the thought "
+        f"generated after it.</p>{''.join(sections)}</body></html>\n"
+    )
+
+
+def main(argv=None) -> ThoughtReport:
+    parser = argparse.ArgumentParser(prog="python -m quietstar.inspect", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--text", required=True)
+    parser.add_argument("--html", type=Path, default=Path("thoughts.html"), help="where to write the heatmap")
+    parser.add_argument("--thought-temperature", type=float, default=0.0, help="0 = greedy thoughts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    args = parser.parse_args(argv)
+    if args.thought_temperature < 0:
+        parser.error("--thought-temperature must be >= 0")
+    model, tokenizer = load_checkpoint(
+        args.checkpoint, args.device, args.dtype, inference_thought_temperature=args.thought_temperature
+    )
+    torch.manual_seed(args.seed)
+    report = inspect_text(model, tokenizer, args.text)
+    print(format_table(report))
+    args.html.parent.mkdir(parents=True, exist_ok=True)
+    args.html.write_text(format_html(report, f"Quiet-STaR thoughts: {args.checkpoint}"))
+    print(f"wrote {args.html}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Training configs: YAML loading, dotted overrides, and errors that name the key."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from quietstar.training.config import ConfigError, grad_accumulation_steps, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def _train_module():
+    spec = importlib.util.spec_from_file_location("train_entry", REPO / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    assert config.data.seq_len >= 2 and config.train.max_steps >= 1
+
+
+def test_paper_recipe():
+    config = load_config(REPO / "configs" / "mistral7b_openwebmath.yaml")
+    assert config.model.name_or_path == "mistralai/Mistral-7B-v0.1"
+    assert {k: config.model.quietstar[k] for k in ("n_thought_tokens", "n_ahead_talk", "n_thoughts")} == {
+        "n_thought_tokens": 11,
+        "n_ahead_talk": 4,
+        "n_thoughts": 2,
+    }
+    train = config.train
+    assert (train.lr, train.weight_decay, train.warmup_steps, train.grad_clip) == (1e-6, 1e-3, 20, 1.0)
+    assert (config.data.seq_len, train.global_batch_size) == (256, 8)
+    assert [s.path for s in config.data.sources] == ["open-web-math/open-web-math"]
+
+
+def test_overrides_reach_every_level():
+    config = load_config(
+        REPO / "configs" / "mix_openwebmath_c4.yaml",
+        ["train.lr=2e-6", "data.sources.1.probability=0.5", "model.quietstar.n_thoughts=4", "logging.wandb_mode=offline"],
+    )
+    assert config.train.lr == 2e-6 and isinstance(config.train.lr, float)
+    assert config.data.sources[1].probability == 0.5
+    assert config.model.quietstar["n_thoughts"] == 4
+    assert config.logging.wandb_mode == "offline"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=1", r"unknown config key 'train\.lrr'"),
+        ("trian.lr=1", r"unknown config key 'trian'"),
+        ("model.quietstar.n_thoughtz=2", r"unknown config key 'model\.quietstar\.n_thoughtz'"),
+        ("data.sources.0.probablity=1", r"unknown config key 'data\.sources\.0\.probablity'"),
+        ("train.max_steps=ten", r"train\.max_steps must be an integer"),
+        ("train.max_steps=0", r"train\.max_steps must be >= 1"),
+        ("train.lr=fast", r"train\.lr must be a number"),
+        ("train.lr_schedule=step", r"train\.lr_schedule must be one of \['constant', 'cosine', 'linear'\]"),
+        ("train.activation_checkpointing=maybe", r"train\.activation_checkpointing must be true or false"),
+        ("train.global_batch_size=6", r"train\.global_batch_size \(6\) must be a multiple of train\.micro_batch_size"),
+        ("data.sources.0.probability=0", r"data\.sources\.0\.probability must be > 0"),
+        ("data.sources.3.probability=1", r"'data\.sources\.3': index '3' is not in a list of 1 entries"),
+        ("model.quietstar.n_thought_tokens=2", r"QuietStarConfig\.n_thought_tokens must be an integer >= 3"),
+        ("train=3", r"train must be a mapping"),
+    ],
+)
+def test_invalid_configs_name_the_key(override, message):
+    base = ["train.global_batch_size=8", "train.micro_batch_size=4"]
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs" / "tiny.yaml", [*base, override])
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(REPO / "configs" / "nope.yaml")
+
+
+def test_grad_accumulation_divides_the_global_batch():
+    config = load_config(REPO / "configs" / "tiny.yaml", ["train.global_batch_size=8", "train.micro_batch_size=2"])
+    assert grad_accumulation_steps(config.train, 2) == 2
+    with pytest.raises(ConfigError, match=r"micro_batch_size \* world size \(2 \* 3\)"):
+        grad_accumulation_steps(config.train, 3)
+
+
+def test_command_line(capsys):
+    train = _train_module()
+    config = train.parse_args(["--output-dir", "somewhere", "--resume", "--train.max_steps=3"])
+    assert (config.output_dir, config.checkpoint.resume, config.train.max_steps) == ("somewhere", True, 3)
+    assert config.model.tokenizer == "builtin-mistral"  # the tiny default
+    with pytest.raises(SystemExit):
+        train.parse_args(["--train.nope=1"])
+    assert "unknown config key 'train.nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--train.lr", "1"])
+    assert "overrides look like --section.key=value" in capsys.readouterr().err

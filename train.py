@@ -1,0 +1,166 @@
+"""Train a Quiet-STaR model (single process, or torchrun with FSDP2).
+
+    python train.py                                   # the tiny offline default (configs/tiny.yaml, outputs/tiny)
+    python train.py --config configs/tiny.yaml --output-dir DIR --train.max_steps=50
+    torchrun --nproc_per_node=8 train.py --config configs/mistral7b_openwebmath.yaml [--resume]
+
+Any config field can be overridden with `--section.key=value` (see quietstar/training/config.py). The run writes
+`config.yaml`, `metrics.jsonl`, checkpoints under `checkpoints/` and the final HF model to `final/` in its output
+directory.
+"""
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+from transformers.utils import logging as hf_logging
+
+from quietstar.data import PackedTokenStream, synthetic_corpus_files
+from quietstar.training.checkpoint import (
+    export_hf,
+    latest_checkpoint,
+    load_checkpoint,
+    replace_directory,
+    save_checkpoint,
+)
+from quietstar.training.config import SYNTHETIC_SOURCE, ConfigError, config_to_dict, grad_accumulation_steps, load_config
+from quietstar.training.flops import peak_flops_per_device, quietstar_step_flops
+from quietstar.training.metrics import MetricsLogger, StepTimer, peak_memory_gb
+from quietstar.training.model import load_tokenizer, setup_model
+from quietstar.training.optim import build_optimizer, build_scheduler
+from quietstar.training.parallel import init_world, shutdown
+from quietstar.training.step import train_step
+
+logger = logging.getLogger("quietstar.train")
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+
+
+def parse_args(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/tiny.yaml)")
+    parser.add_argument("--output-dir", help="output directory (overrides output_dir)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for item in rest:
+        if not item.startswith("--") or "=" not in item:
+            parser.error(f"unrecognised argument {item!r}: overrides look like --section.key=value")
+        overrides.append(item[2:])
+    if args.output_dir is not None:
+        overrides.append(f"output_dir={args.output_dir}")
+    if args.resume:
+        overrides.append("checkpoint.resume=true")
+    try:
+        return load_config(args.config, overrides)
+    except ConfigError as error:
+        parser.error(str(error))
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    world = init_world(config.train.device)
+    logging.basicConfig(
+        level=logging.INFO if world.is_main else logging.WARNING,
+        format=f"%(asctime)s [rank {world.rank}] %(levelname)s %(name)s: %(message)s",
+    )
+    hf_logging.disable_progress_bar()
+    output_dir = Path(config.output_dir)
+    if world.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    train = config.train
+    n_micro = grad_accumulation_steps(train, world.world_size)
+    logger.info("%d rank(s) on %s, %d micro-batch(es) of %d per step", world.world_size, world.device, n_micro, train.micro_batch_size)
+
+    # Data: the generated corpus is written once (by rank 0) and then read like any local dataset.
+    tokenizer = load_tokenizer(config.model)
+    synthetic_files = None
+    if any(source.path == SYNTHETIC_SOURCE for source in config.data.sources):
+        if world.is_main:
+            synthetic_corpus_files(config.data, output_dir)
+        world.barrier()
+        synthetic_files = synthetic_corpus_files(config.data, output_dir)
+    data = PackedTokenStream(
+        config.data, tokenizer, rank=world.rank, world_size=world.world_size, seed=train.seed, synthetic_files=synthetic_files
+    )
+
+    # Model, optimizer, schedule; then the latest checkpoint if resuming.
+    model = setup_model(
+        config.model,
+        tokenizer,
+        world,
+        seed=train.seed,
+        param_dtype=train.param_dtype,
+        activation_checkpointing=train.activation_checkpointing,
+        reshard_after_forward=train.reshard_after_forward,
+    )
+    optimizer = build_optimizer(model, train, world.device)
+    scheduler = build_scheduler(optimizer, train)
+    step = 0
+    checkpoint = latest_checkpoint(output_dir) if config.checkpoint.resume else None
+    if checkpoint is not None:
+        step, data_state = load_checkpoint(checkpoint, model, optimizer, scheduler, world)
+        data.load_state_dict(data_state)
+        logger.info("resumed from %s at step %d", checkpoint, step)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "model: %.1fM parameters; thoughts of %d tokens, %d look-ahead tokens, %d thoughts per position",
+        n_params / 1e6,
+        model.config.n_thought_tokens,
+        model.config.n_ahead_talk,
+        model.config.n_thoughts,
+    )
+
+    tokens_per_step = train.global_batch_size * config.data.seq_len
+    flops_per_step = quietstar_step_flops(model.config, train.global_batch_size, config.data.seq_len)
+    peak_flops = peak_flops_per_device(world.device, config.logging.peak_flops_per_device)
+    metrics_logger = MetricsLogger(output_dir, config.logging, config_to_dict(config), train.max_steps, world.is_main)
+    save = dict(tokenizer=tokenizer, world=world, export_dtype=config.checkpoint.export_dtype, keep_last=config.checkpoint.keep_last)
+    saved_step = step if checkpoint is not None else None
+    timer = StepTimer()
+    while step < train.max_steps:
+        micro_batches = [data.next_batch(train.micro_batch_size) for _ in range(n_micro)]
+        metrics = train_step(
+            model,
+            optimizer,
+            scheduler,
+            micro_batches,
+            world,
+            step=step,
+            seed=train.seed,
+            grad_clip=train.grad_clip,
+            param_dtype=train.param_dtype,
+        )
+        step += 1
+        seconds = timer.lap()
+        if step % config.logging.interval == 0 or step == train.max_steps:
+            metrics.update(
+                tokens_per_second=tokens_per_step / seconds,
+                mfu=flops_per_step / seconds / (peak_flops * world.world_size) if peak_flops else None,
+                peak_memory_gb=peak_memory_gb(world.device),
+                step_seconds=seconds,
+            )
+            metrics_logger.log(step, metrics, timer.mean)
+        if config.checkpoint.interval and step % config.checkpoint.interval == 0:
+            save_checkpoint(output_dir, step, model, optimizer, scheduler, data.state_dict(), **save)
+            saved_step = step
+            timer.restart()
+
+    if saved_step != step:
+        save_checkpoint(output_dir, step, model, optimizer, scheduler, data.state_dict(), **save)
+    final, tmp_final = output_dir / "final", output_dir / ".tmp-final"
+    if world.is_main:
+        shutil.rmtree(tmp_final, ignore_errors=True)
+    export_hf(model, tokenizer, tmp_final, world, config.checkpoint.export_dtype)
+    if world.is_main:
+        replace_directory(tmp_final, final)
+        logger.info("wrote %s", final)
+    metrics_logger.close()
+    shutdown(world)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
