@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .eval.checkpoint import load_checkpoint
-from .losses_quietstar import IGNORE_INDEX, shift_left, token_nll
+from .losses_quietstar import look_ahead_scores
 
 
 @dataclass
@@ -39,22 +39,15 @@ def inspect_text(model, tokenizer, text: str) -> ThoughtReport:
         raise ValueError("the text must encode to at least two tokens")
     model.eval()
     passes = model.run_parallel_thoughts(input_ids, n_ahead_talk=model.config.n_ahead_talk)
-    base_token_nll = token_nll(passes.base_logits, shift_left(input_ids, 1, IGNORE_INDEX))
-    rewards = torch.zeros_like(base_token_nll)
-    mixed_nll = None
-    for j, logits in enumerate(passes.talk_logits, start=1):
-        targets = shift_left(input_ids, j, IGNORE_INDEX)
-        nll = token_nll(logits, targets)
-        mixed_nll = nll if mixed_nll is None else mixed_nll
-        rewards += (shift_left(base_token_nll, j - 1) - nll) * (targets != IGNORE_INDEX)
+    scores = look_ahead_scores(passes.base_logits, passes.talk_logits, input_ids)
     last = torch.full((1,), float("nan"), device=input_ids.device)
     return ThoughtReport(
         tokens=[tokenizer.decode([token]) for token in input_ids[0].tolist()],
         thoughts=[tokenizer.decode(thought) for thought in passes.thought_ids[0].tolist()],
         mixing_weights=passes.mixing_weights[0][0].float().cpu(),
-        rewards=rewards[0].float().cpu(),
-        base_nll=torch.cat([base_token_nll[0, :-1], last]).float().cpu(),
-        mixed_nll=torch.cat([mixed_nll[0, :-1], last]).float().cpu(),
+        rewards=scores.rewards[0].float().cpu(),
+        base_nll=torch.cat([scores.base_nll[0, :-1], last]).float().cpu(),
+        mixed_nll=torch.cat([scores.talk_nll[0][0, :-1], last]).float().cpu(),
     )
 
 

@@ -71,6 +71,39 @@ def reinforce_advantage(rewards: torch.Tensor, n_thoughts: int, clip_negative: b
     return rearrange(advantage, "b n l -> (b n) l")
 
 
+@dataclass
+class LookAheadScores:
+    """Per-position NLLs of the base and thought-mixed predictions, and the reward of each thought.
+
+    - `base_nll`: (B', L) NLL of x[i + 1] under the base logits (0 where the target is ignored)
+    - `talk_nll`: A tensors (B', L); `talk_nll[j - 1]` is the NLL of x[i + j] under the mixed logits
+    - `talk_scored`: A bool tensors (B', L), where `talk_nll[j - 1]` has a target
+    - `rewards`: (B', L) sum over scored j of (base NLL of x[i + j]) - (mixed NLL of x[i + j]), detached: how much
+      the thought at position i helped predict the next tokens
+    """
+
+    base_nll: torch.Tensor
+    talk_nll: list[torch.Tensor]
+    talk_scored: list[torch.Tensor]
+    rewards: torch.Tensor
+
+
+def look_ahead_scores(base_logits: torch.Tensor, talk_logits: list[torch.Tensor], labels: torch.Tensor) -> LookAheadScores:
+    """Score the base pass and the A look-ahead predictions of every position (shapes as in `quietstar_loss`)."""
+    base_nll = token_nll(base_logits, shift_left(labels, 1, IGNORE_INDEX))
+    talk_nll, talk_scored = [], []
+    rewards = torch.zeros_like(base_nll)
+    for j, logits in enumerate(talk_logits, start=1):
+        targets = shift_left(labels, j, IGNORE_INDEX)
+        scored = targets != IGNORE_INDEX
+        nll = token_nll(logits, targets)
+        base_nll_of_same_target = shift_left(base_nll, j - 1)
+        rewards = rewards + (base_nll_of_same_target - nll).detach() * scored
+        talk_nll.append(nll)
+        talk_scored.append(scored)
+    return LookAheadScores(base_nll=base_nll, talk_nll=talk_nll, talk_scored=talk_scored, rewards=rewards.detach())
+
+
 def quietstar_loss(
     base_logits: torch.Tensor,
     talk_logits: list[torch.Tensor],
@@ -93,21 +126,13 @@ def quietstar_loss(
         labels: (B', L) token ids, -100 where no loss is wanted (padding); `labels[i]` is the target x[i] (the
             usual causal-LM convention: the shift happens here).
     """
-    next_targets = shift_left(labels, 1, IGNORE_INDEX)
-    scored = next_targets != IGNORE_INDEX
-    base_token_nll = token_nll(base_logits, next_targets)
-    base_nll = masked_mean(base_token_nll, scored)
-
-    thought_nll_terms = []
-    rewards = torch.zeros_like(base_token_nll)
-    for j, logits in enumerate(talk_logits, start=1):
-        targets = shift_left(labels, j, IGNORE_INDEX)
-        valid = targets != IGNORE_INDEX
-        nll = token_nll(logits, targets)
-        thought_nll_terms.append(masked_mean(nll, valid))
-        base_nll_of_same_target = shift_left(base_token_nll, j - 1)
-        rewards = rewards + (base_nll_of_same_target - nll).detach() * valid
-    thought_nll = torch.stack(thought_nll_terms).mean()
+    scores = look_ahead_scores(base_logits, talk_logits, labels)
+    scored = shift_left(labels, 1, IGNORE_INDEX) != IGNORE_INDEX
+    base_nll = masked_mean(scores.base_nll, scored)
+    thought_nll = torch.stack(
+        [masked_mean(nll, valid) for nll, valid in zip(scores.talk_nll, scores.talk_scored)]
+    ).mean()
+    rewards = scores.rewards
 
     advantage = reinforce_advantage(rewards, n_thoughts, clip_negative_rewards)
     policy_loss = masked_mean(-advantage * thought_logprobs, scored)
