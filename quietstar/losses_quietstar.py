@@ -127,13 +127,12 @@ def quietstar_loss(
             usual causal-LM convention: the shift happens here).
     """
     scores = look_ahead_scores(base_logits, talk_logits, labels)
-    scored = shift_left(labels, 1, IGNORE_INDEX) != IGNORE_INDEX
+    scored = scores.talk_scored[0]  # positions with a next-token target x[i + 1]
     base_nll = masked_mean(scores.base_nll, scored)
     thought_nll = torch.stack(
         [masked_mean(nll, valid) for nll, valid in zip(scores.talk_nll, scores.talk_scored)]
     ).mean()
     rewards = scores.rewards
-
     advantage = reinforce_advantage(rewards, n_thoughts, clip_negative_rewards)
     policy_loss = masked_mean(-advantage * thought_logprobs, scored)
     loss = base_loss_weight * base_nll + (1 - base_loss_weight) * thought_nll + policy_loss_weight * policy_loss
