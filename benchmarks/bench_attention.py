@@ -1,38 +1,46 @@
-"""Microbenchmark of the thought-pass attention (DESIGN.md section 3) against its peers and the roofline.
+"""Microbenchmark of the thought-pass attention against the fastest peers available and the roofline.
 
-For every L and number of thought passes p it times, with Mistral 7B's head layout (32 query heads, 8 KV heads,
-head dim 128, bf16) on CUDA:
+For every batch size B, length L and number of thought passes p it times, with the preset's head layout
+(`mistral-7b`: 32 query heads, 8 KV heads, d = 128, bf16; `tiny`: 4/2 heads, d = 16, fp32, for CPU):
 
+thought attention (same inputs: q, base K/V, and the p passes' K/V as lists of per-pass tensors)
 - `triton`: the fused kernel (`quietstar.kernels.thought_attention`)
 - `torch`: causal L x L scores concatenated with the L x p thought scores, one softmax (autograd backward)
-- `dense`: SDPA over the concatenated keys with an explicit L x L(p+1) mask, the reference implementation's approach
+- `dense`: the reference implementation's approach, SDPA over the concatenated keys with an explicit
+  L x L(p+1) mask; K/V are repeated to the query heads so that a memory-efficient masked SDPA backend can run
+  instead of the math path (the concatenation and repeat are part of the timed call)
 - `flex`: compiled FlexAttention with a mask_mod over the concatenated keys (block mask built outside the timing)
-- `sdpa_causal`, `flash_attn`: plain causal attention without thoughts, the speed-of-light peers (p-independent)
+causal peers without thoughts (p = 0), the speed of light for the base part:
+- `sdpa_cudnn`: SDPA with the cuDNN backend first (`sdpa_kernel(..., set_priority=True)`), then flash/efficient
+- `fa3`: FlashAttention-3 (`flash_attn_interface`) when installed; `fa2`: flash-attn 2 when installed
+- `sdpa` (CPU only): SDPA with its default CPU backend
 
-`dense` and `flex` need the keys concatenated; that copy is part of their timed call, because every
-implementation takes the same separate base and thought tensors.
+Timing: forward alone, and backward alone (`torch.autograd.grad(out, inputs, grad_out, retain_graph=True)` on one
+stored forward, not a difference of medians). On CUDA, shapes whose forward is expected below about 1 ms are timed
+with CUDA graphs (`triton.testing.do_bench_cudagraph`) so that host overhead does not dominate; a call that cannot be
+captured falls back to `do_bench`, and the row says which timer ran. Medians in ms.
 
-Reported per (provider, L, p): forward and forward+backward time (median), useful TFLOP/s, achieved bandwidth
-over the minimal HBM traffic, peak memory above the inputs (gradients included), and the ratio to the roofline of
-DESIGN.md section 3:
+Roofline (docs/design.md, 'Attention'; targets: forward within 1.25x, backward within 1.5x), with the fastest
+causal peer measured in the same run at the same B and L:
 
-    fwd roofline = t(best causal forward at L) + bytes_thought / BW_copy
-    bwd roofline = t(best causal backward at L) + 2 * bytes_thought / BW_copy
-    bytes_thought = B * L * Hkv * 4 * p * d (bf16: reading kt and vt), BW_copy = measured device-to-device copy
+    fwd roofline = t(fastest causal peer forward) + bytes_thought / BW_copy
+    bwd roofline = t(fastest causal peer backward) + 2 * bytes_thought / BW_copy
+    bytes_thought = 2 * B * L * Hkv * p * d * element size (reading kt and vt); BW_copy = measured device copy
 
-Results go to benchmarks/results/attention_<device>.{json,md} (and .png when matplotlib is importable), tagged with
-the device name and the torch/triton versions. Without CUDA (or with --cpu-smoke) it runs tiny fp32 shapes on CPU,
-skipping what needs CUDA with a message (`triton` runs on CPU only under TRITON_INTERPRET=1).
+Per training step: a step runs the passes p = 1..P one after another, so the aggregate sums forward + backward
+over p = 1..P, interpolating linearly in p between the measured p (exact when --passes lists 1..P).
 
-    python benchmarks/bench_attention.py                    # full sweep on a GPU
-    python benchmarks/bench_attention.py --cpu-smoke        # seconds on CPU
+Output: a markdown table on the console, and attention_<device>.{json,md} (+ .png when matplotlib is importable)
+in --out-dir (default benchmark_runs/, ignored by git; `--out-dir benchmarks/results` for the committed copy).
+
+    python benchmarks/bench_attention.py --preset mistral-7b          # full sweep on a GPU
+    python benchmarks/bench_attention.py                              # tiny CPU run (the default without CUDA)
 """
 
 import argparse
 import datetime
 import importlib.util
 import json
-import math
 import re
 import statistics
 import time
@@ -42,41 +50,44 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from quietstar.attention_quietstar import dense_thought_attention, torch_thought_attention
+from quietstar.attention_quietstar import torch_thought_attention
 from quietstar.kernels import thought_attention as kernels
 
-PROVIDERS = ("triton", "torch", "dense", "flex", "sdpa_causal", "flash_attn")
-CAUSAL_PEERS = ("sdpa_causal", "flash_attn")
+THOUGHT_PROVIDERS = ("triton", "torch", "dense", "flex")
+CAUSAL_PEERS = ("sdpa_cudnn", "fa3", "fa2", "sdpa")
+PROVIDERS = THOUGHT_PROVIDERS + CAUSAL_PEERS
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PRESETS = {
+    "tiny": dict(heads=4, kv_heads=2, head_dim=16, dtype="fp32", lengths=[16, 32], passes=[1, 3], batches=[1, 2]),
+    "mistral-7b": dict(heads=32, kv_heads=8, head_dim=128, dtype="bf16", lengths=[256, 512, 1024, 2048, 4096],
+                       passes=[1, 2, 4, 8, 16], batches=[1, 8]),
+}
+DEFAULT_OUT_DIR = Path(__file__).resolve().parents[1] / "benchmark_runs"
+CUDA_GRAPH_BELOW_FLOPS = 2e11  # forward FLOPs under which a call is expected to take well under 1 ms on H100
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cpu-smoke", action="store_true", help="tiny fp32 shapes on CPU (automatic without CUDA)")
-    parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths L (default 256..4096)")
-    parser.add_argument("--passes", type=int, nargs="+", help="thought passes p (default 1 4 8 16)")
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="mistral-7b" if cuda else "tiny")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if cuda else "cpu")
+    parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths L (default: the preset's)")
+    parser.add_argument("--passes", type=int, nargs="+", help="thought passes p (default: the preset's)")
+    parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default: the preset's)")
+    parser.add_argument("--max-passes", type=int, help="P of the per-step aggregate (default: the largest p)")
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--heads", type=int, help="query heads (default 32; 4 in smoke mode)")
-    parser.add_argument("--kv-heads", type=int, help="key/value heads (default 8; 2 in smoke mode)")
-    parser.add_argument("--head-dim", type=int, help="head dim (default 128; 16 in smoke mode)")
-    parser.add_argument("--dtype", choices=DTYPES, help="default bf16 (fp32 in smoke mode)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     args = parser.parse_args(argv)
-    args.cpu_smoke = args.cpu_smoke or not torch.cuda.is_available()
-    smoke = args.cpu_smoke
-    defaults = dict(
-        lengths=[32, 64] if smoke else [256, 512, 1024, 2048, 4096],
-        passes=[1, 4] if smoke else [1, 4, 8, 16],
-        heads=4 if smoke else 32,
-        kv_heads=2 if smoke else 8,
-        head_dim=16 if smoke else 128,
-        dtype="fp32" if smoke else "bf16",
-    )
-    for name, value in defaults.items():
+    if args.device == "cuda" and not cuda:
+        parser.error("--device cuda: no CUDA device is available")
+    preset = PRESETS[args.preset]
+    for name in ("lengths", "passes", "batches"):
         if getattr(args, name) is None:
-            setattr(args, name, value)
+            setattr(args, name, preset[name])
+    args.heads, args.kv_heads, args.head_dim, args.dtype = (
+        preset[k] for k in ("heads", "kv_heads", "head_dim", "dtype")
+    )
+    args.max_passes = args.max_passes or max(args.passes)
     return args
 
 
@@ -103,17 +114,22 @@ def minimal_bytes(batch, heads, kv_heads, length, passes, head_dim, element, cau
 # ------------------------------------------------------------------------------------------------- timing
 
 
-def bench_ms(fn, cuda: bool, inputs=()) -> float:
-    """Median wall time of fn() in ms (triton's do_bench on CUDA, a perf_counter loop on CPU)."""
-    if cuda:
-        return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=list(inputs), return_mode="median")
-    fn()
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
+def bench_ms(fn, cuda: bool, graph: bool) -> tuple[float, str]:
+    """(median ms of fn(), timer name): CUDA graphs when asked and capturable, else do_bench; perf_counter on CPU."""
+    if not cuda:
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times), "perf_counter"
+    if graph:
+        try:
+            return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median"), "cudagraph"
+        except Exception:  # not capturable (e.g. a host-to-device copy inside): time it without graphs
+            torch.cuda.synchronize()
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"), "do_bench"
 
 
 def copy_bandwidth(device: torch.device, cuda: bool) -> float:
@@ -121,14 +137,27 @@ def copy_bandwidth(device: torch.device, cuda: bool) -> float:
     numel = (1 << 29) if cuda else (1 << 24)
     src = torch.empty(numel, dtype=torch.float16 if cuda else torch.float32, device=device)
     dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src), cuda)
+    ms, _ = bench_ms(lambda: dst.copy_(src), cuda, graph=False)
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
 # ------------------------------------------------------------------------------------------------ providers
 
 
-def flex_provider(batch, heads, kv_heads, length, passes, device):
+def dense_repeated(q, kb, vb, kt, vt, scaling):
+    """Reference approach: concatenated keys, K/V repeated to the query heads, explicit additive mask, SDPA."""
+    length = q.shape[2]
+    groups = q.shape[1] // kb.shape[1]
+    keys = torch.cat([kb, *kt], dim=2).repeat_interleave(groups, 1)
+    values = torch.cat([vb, *vt], dim=2).repeat_interleave(groups, 1)
+    causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    same = torch.eye(length, dtype=torch.bool, device=q.device).repeat(1, len(kt))
+    allowed = torch.cat([causal, same], dim=1)
+    bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scaling)
+
+
+def flex_provider(heads, kv_heads, length, passes, device):
     """Compiled FlexAttention over [base, pass 1, ..., pass p] keys with the thought mask as a mask_mod."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -140,48 +169,40 @@ def flex_provider(batch, heads, kv_heads, length, passes, device):
     block_mask = create_block_mask(mask_mod, None, None, length, length * (passes + 1), device=device)
     # every (L, p) is a new static shape: allow one compiled graph per point of the sweep instead of dynamo's
     # default 8, after which it would silently fall back to the unfused eager path
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
     compiled = torch.compile(flex_attention, dynamic=False)
 
     def run(q, kb, vb, kt, vt, scaling):
-        keys = torch.cat([kb, kt.flatten(2, 3)], dim=2)
-        values = torch.cat([vb, vt.flatten(2, 3)], dim=2)
+        keys, values = torch.cat([kb, *kt], dim=2), torch.cat([vb, *vt], dim=2)
         return compiled(q, keys, values, block_mask=block_mask, scale=scaling, enable_gqa=heads != kv_heads)
 
     return run
 
 
-def sdpa_causal_provider(heads, kv_heads):
-    """Plain causal SDPA on the base keys only (flash backend where available); K/V expanded outside the timing."""
+def sdpa_cudnn(q, kb, vb, kt, vt, scaling):
+    """Causal SDPA on the base keys, cuDNN first, then flash and memory-efficient (GQA natively)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    def run(q, kb, vb, kt, vt, scaling):
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                          SDPBackend.MATH]):
-            return F.scaled_dot_product_attention(q, kb, vb, is_causal=True, scale=scaling)
-
-    def prepare(inputs):
-        q, kb, vb, kt, vt = inputs
-        groups = heads // kv_heads
-        kb = kb.detach().repeat_interleave(groups, 1).requires_grad_()
-        vb = vb.detach().repeat_interleave(groups, 1).requires_grad_()
-        return [q, kb, vb, kt, vt]
-
-    return run, prepare
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    with sdpa_kernel(order, set_priority=True):
+        return F.scaled_dot_product_attention(q, kb, vb, is_causal=True, scale=scaling,
+                                              enable_gqa=q.shape[1] != kb.shape[1])
 
 
-def flash_attn_provider():
+def sdpa_default(q, kb, vb, kt, vt, scaling):
+    return F.scaled_dot_product_attention(q, kb, vb, is_causal=True, scale=scaling,
+                                          enable_gqa=q.shape[1] != kb.shape[1])
+
+
+def flash_provider(module: str):
     """flash-attn's causal kernel on the base keys only, in its (B, L, H, d) layout (GQA native)."""
-    from flash_attn import flash_attn_func
+    flash_attn_func = importlib.import_module(module).flash_attn_func
 
     def run(q, kb, vb, kt, vt, scaling):
-        return flash_attn_func(q, kb, vb, softmax_scale=scaling, causal=True)
+        out = flash_attn_func(q, kb, vb, softmax_scale=scaling, causal=True)
+        return out[0] if isinstance(out, tuple) else out  # FA3 returns (out, lse)
 
-    def prepare(inputs):
-        q, kb, vb, kt, vt = inputs
-        return [t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, kb, vb)] + [kt, vt]
-
-    return run, prepare
+    return run
 
 
 def unavailable_reason(provider: str, cuda: bool) -> str | None:
@@ -190,66 +211,72 @@ def unavailable_reason(provider: str, cuda: bool) -> str | None:
         return "triton needs CUDA (or TRITON_INTERPRET=1 set before triton is imported, for a slow CPU run)"
     if provider == "flex" and not cuda:
         return "flex needs CUDA: compiled FlexAttention has no backward on CPU"
-    if provider == "flash_attn" and not cuda:
-        return "flash_attn needs CUDA"
-    if provider == "flash_attn" and importlib.util.find_spec("flash_attn") is None:
-        return "flash_attn is not installed"
+    if provider in ("sdpa_cudnn", "fa3", "fa2") and not cuda:
+        return f"{provider} needs CUDA"
+    if provider == "sdpa" and cuda:
+        return "sdpa (default CPU backend) is the CPU peer; on CUDA sdpa_cudnn is measured"
+    module = {"fa3": "flash_attn_interface", "fa2": "flash_attn"}.get(provider)
+    if module and importlib.util.find_spec(module) is None:
+        return f"{module} is not installed"
     return None
 
 
 def make_provider(provider, args, length, passes, device):
-    """(fn(q, kb, vb, kt, vt, scaling) -> output, prepare(inputs) -> inputs) for one (L, p)."""
-    same = (lambda inputs: inputs)
+    """(fn(q, kb, vb, kt, vt, scaling) -> (B, H, L, d) or (B, L, H, d), layout of q/k/v: "bhld" or "blhd")."""
     if provider == "triton":
-        return (lambda q, kb, vb, kt, vt, s: kernels.thought_attention(q, kb, vb, kt, vt, None, s)), same
+        return (lambda q, kb, vb, kt, vt, s: kernels.thought_attention(q, kb, vb, kt, vt, None, s)), "bhld"
     if provider == "torch":
-        return (lambda q, kb, vb, kt, vt, s: torch_thought_attention(q, kb, vb, kt, vt, None, s)), same
+        return (lambda q, kb, vb, kt, vt, s: torch_thought_attention(q, kb, vb, kt, vt, None, s)), "bhld"
     if provider == "dense":
-        return (lambda q, kb, vb, kt, vt, s: dense_thought_attention(q, kb, vb, kt, vt, None, s)), same
+        return dense_repeated, "bhld"
     if provider == "flex":
-        return flex_provider(args.batch, args.heads, args.kv_heads, length, passes, device), same
-    if provider == "sdpa_causal":
-        return sdpa_causal_provider(args.heads, args.kv_heads)
-    return flash_attn_provider()
+        return flex_provider(args.heads, args.kv_heads, length, passes, device), "bhld"
+    if provider == "sdpa_cudnn":
+        return sdpa_cudnn, "bhld"
+    if provider == "sdpa":
+        return sdpa_default, "bhld"
+    return flash_provider("flash_attn_interface" if provider == "fa3" else "flash_attn"), "blhd"
 
 
-def measure(provider, args, length, passes, device, cuda) -> dict:
-    """Time one provider at one (L, p); errors (e.g. out of memory) are recorded, not raised."""
+def measure(provider, args, batch, length, passes, device, cuda) -> dict:
+    """Time one provider at one (B, L, p); errors (e.g. out of memory) are recorded, not raised."""
     dtype = DTYPES[args.dtype]
+    causal_only = provider in CAUSAL_PEERS
+    row = dict(provider=provider, B=batch, L=length, p=0 if causal_only else passes)
     generator = torch.Generator(device=device).manual_seed(0)
-    shape_q = (args.batch, args.heads, length, args.head_dim)
-    shape_kv = (args.batch, args.kv_heads, length, args.head_dim)
-    shape_t = (args.batch, args.kv_heads, passes, length, args.head_dim)
-    row = dict(provider=provider, L=length, p=0 if provider in CAUSAL_PEERS else passes)
+    flops = useful_flops(batch, args.heads, length, passes, args.head_dim, causal_only)
+    graph = cuda and flops < CUDA_GRAPH_BELOW_FLOPS
     try:
-        inputs = [
-            torch.randn(shape, generator=generator, device=device, dtype=dtype).requires_grad_()
-            for shape in (shape_q, shape_kv, shape_kv, shape_t, shape_t)
-        ]
-        fn, prepare = make_provider(provider, args, length, passes, device)
-        inputs = prepare(inputs)
+        fn, layout = make_provider(provider, args, length, passes, device)
+
+        def rand(heads):
+            shape = (batch, heads, length, args.head_dim) if layout == "bhld" else (batch, length, heads, args.head_dim)
+            return torch.randn(shape, generator=generator, device=device, dtype=dtype).requires_grad_()
+
+        q, kb, vb = rand(args.heads), rand(args.kv_heads), rand(args.kv_heads)
+        kt = [rand(args.kv_heads) for _ in range(0 if causal_only else passes)]
+        vt = [rand(args.kv_heads) for _ in range(0 if causal_only else passes)]
+        leaves = [q, kb, vb, *kt, *vt]
         scaling = args.head_dim**-0.5
-        with torch.no_grad():
-            out = fn(*inputs, scaling)
-        grad_out = torch.randn_like(out)
 
         def forward():
             with torch.no_grad():
-                fn(*inputs, scaling)
+                return fn(q, kb, vb, kt, vt, scaling)
 
-        def forward_backward():
-            fn(*inputs, scaling).backward(grad_out)
+        row["fwd_ms"], row["fwd_timer"] = bench_ms(forward, cuda, graph)
+        out = fn(q, kb, vb, kt, vt, scaling)
+        grad_out = torch.randn_like(out)
 
-        row["fwd_ms"] = bench_ms(forward, cuda)
-        row["fwdbwd_ms"] = bench_ms(forward_backward, cuda, inputs)
-        row["bwd_ms"] = row["fwdbwd_ms"] - row["fwd_ms"]
+        def backward():
+            return torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+
+        row["bwd_ms"], row["bwd_timer"] = bench_ms(backward, cuda, graph)
         if cuda:
-            for tensor in inputs:
-                tensor.grad = None
+            del out
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             baseline = torch.cuda.memory_allocated()
-            forward_backward()
+            torch.autograd.grad(fn(q, kb, vb, kt, vt, scaling), leaves, grad_out)
             torch.cuda.synchronize()
             row["peak_mem_MiB"] = (torch.cuda.max_memory_allocated() - baseline) / 2**20
         else:
@@ -263,17 +290,13 @@ def measure(provider, args, length, passes, device, cuda) -> dict:
             torch.cuda.empty_cache()
     if "error" in row:
         return row
-
-    causal_only = provider in CAUSAL_PEERS
     element = torch.empty((), dtype=dtype).element_size()
-    flops = useful_flops(args.batch, args.heads, length, passes, args.head_dim, causal_only)
-    fwd_bytes, bwd_bytes = minimal_bytes(
-        args.batch, args.heads, args.kv_heads, length, passes, args.head_dim, element, causal_only
-    )
+    fwd_bytes, bwd_bytes = minimal_bytes(batch, args.heads, args.kv_heads, length, passes, args.head_dim, element,
+                                         causal_only)
     row["fwd_tflops"] = flops / (row["fwd_ms"] * 1e-3) / 1e12
-    row["fwdbwd_tflops"] = 3.5 * flops / (row["fwdbwd_ms"] * 1e-3) / 1e12  # backward = 2.5x forward FLOPs
+    row["bwd_tflops"] = 2.5 * flops / (row["bwd_ms"] * 1e-3) / 1e12  # backward = 2.5x forward FLOPs
     row["fwd_GBps"] = fwd_bytes / (row["fwd_ms"] * 1e-3) / 1e9
-    row["fwdbwd_GBps"] = (fwd_bytes + bwd_bytes) / (row["fwdbwd_ms"] * 1e-3) / 1e9
+    row["bwd_GBps"] = bwd_bytes / (row["bwd_ms"] * 1e-3) / 1e9
     return row
 
 
@@ -281,32 +304,67 @@ def measure(provider, args, length, passes, device, cuda) -> dict:
 
 
 def add_roofline(results, args, bandwidth) -> list[dict]:
-    """Roofline per (L, p) from the best causal peer, and each thought provider's ratio to it."""
+    """Roofline per (B, L, p) from the fastest causal peer of this run, and each thought provider's ratio to it."""
     element = torch.empty((), dtype=DTYPES[args.dtype]).element_size()
     rooflines = []
-    for length in args.lengths:
-        peers = [r for r in results if r["L"] == length and r["provider"] in CAUSAL_PEERS and "error" not in r]
-        if not peers:
-            continue
-        causal_fwd = min(r["fwd_ms"] for r in peers)
-        causal_bwd = min(r["bwd_ms"] for r in peers)
-        for passes in args.passes:
-            thought_bytes = args.batch * length * args.kv_heads * 2 * passes * args.head_dim * element
-            roof = dict(
-                L=length,
-                p=passes,
-                causal_fwd_ms=causal_fwd,
-                causal_bwd_ms=causal_bwd,
-                thought_bytes=thought_bytes,
-                fwd_ms=causal_fwd + thought_bytes / bandwidth * 1e3,
-                bwd_ms=causal_bwd + 2 * thought_bytes / bandwidth * 1e3,
-            )
-            rooflines.append(roof)
-            for row in results:
-                if row["L"] == length and row["p"] == passes and "error" not in row:
-                    row["fwd_vs_roofline"] = row["fwd_ms"] / roof["fwd_ms"]
-                    row["bwd_vs_roofline"] = row["bwd_ms"] / roof["bwd_ms"]
+    for batch in args.batches:
+        for length in args.lengths:
+            peers = [r for r in results if (r["B"], r["L"]) == (batch, length) and r["provider"] in CAUSAL_PEERS
+                     and "error" not in r]
+            if not peers:
+                continue
+            fwd_peer = min(peers, key=lambda r: r["fwd_ms"])
+            bwd_peer = min(peers, key=lambda r: r["bwd_ms"])
+            for passes in args.passes:
+                thought_bytes = 2 * batch * length * args.kv_heads * passes * args.head_dim * element
+                roof = dict(
+                    B=batch, L=length, p=passes, fwd_peer=fwd_peer["provider"], bwd_peer=bwd_peer["provider"],
+                    causal_fwd_ms=fwd_peer["fwd_ms"], causal_bwd_ms=bwd_peer["bwd_ms"], thought_bytes=thought_bytes,
+                    fwd_ms=fwd_peer["fwd_ms"] + thought_bytes / bandwidth * 1e3,
+                    bwd_ms=bwd_peer["bwd_ms"] + 2 * thought_bytes / bandwidth * 1e3,
+                )
+                rooflines.append(roof)
+                for row in results:
+                    if (row["B"], row["L"], row["p"]) == (batch, length, passes) and "error" not in row:
+                        row["fwd_vs_roofline"] = row["fwd_ms"] / roof["fwd_ms"]
+                        row["bwd_vs_roofline"] = row["bwd_ms"] / roof["bwd_ms"]
     return rooflines
+
+
+def _interpolated(points: dict[int, float], p: int) -> float:
+    """Linear interpolation (or end-slope extrapolation) in p of measured times."""
+    xs = sorted(points)
+    if p in points:
+        return points[p]
+    if len(xs) == 1:
+        return points[xs[0]] * p / xs[0]
+    lo = max([x for x in xs if x < p], default=xs[0])
+    hi = min([x for x in xs if x > p], default=xs[-1])
+    if lo == hi:
+        lo, hi = (xs[-2], xs[-1]) if p > xs[-1] else (xs[0], xs[1])
+    return points[lo] + (points[hi] - points[lo]) * (p - lo) / (hi - lo)
+
+
+def step_aggregate(results, rooflines, args) -> list[dict]:
+    """Per (provider, B, L): forward + backward summed over p = 1..P, and the same sum of the rooflines."""
+    out = []
+    for provider in THOUGHT_PROVIDERS:
+        for batch in args.batches:
+            for length in args.lengths:
+                rows = {r["p"]: r["fwd_ms"] + r["bwd_ms"] for r in results
+                        if (r["provider"], r["B"], r["L"]) == (provider, batch, length) and "error" not in r}
+                roofs = {r["p"]: r["fwd_ms"] + r["bwd_ms"] for r in rooflines if (r["B"], r["L"]) == (batch, length)}
+                if not rows:
+                    continue
+                passes = range(1, args.max_passes + 1)
+                total = sum(_interpolated(rows, p) for p in passes)
+                entry = dict(provider=provider, B=batch, L=length, P=args.max_passes, step_ms=total,
+                             exact=set(passes) <= set(rows))
+                if roofs:
+                    entry["roofline_ms"] = sum(_interpolated(roofs, p) for p in passes)
+                    entry["vs_roofline"] = total / entry["roofline_ms"]
+                out.append(entry)
+    return out
 
 
 def _fmt(value, digits=3) -> str:
@@ -315,49 +373,64 @@ def _fmt(value, digits=3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+ASSUMPTIONS = (
+    "Times are medians in ms (timer per row: cudagraph, do_bench or perf_counter). TFLOP/s count useful work only "
+    "(backward = 2.5x forward FLOPs); GB/s is the minimal HBM traffic over the time. Roofline = fastest causal peer "
+    "of this run at the same B and L + the thought K/V bytes (x2 for backward) at the measured copy bandwidth; "
+    "targets: fwd <= 1.25, bwd <= 1.5. Causal peers have p = 0. The per-step aggregate sums p = 1..P, linear in p "
+    "between measured p."
+)
+
+
 def markdown_report(report) -> str:
     meta = report["meta"]
     lines = [
         f"# Thought-pass attention benchmark ({meta['device']})",
         "",
-        f"torch {meta['torch']}, triton {meta['triton']}, flash-attn {meta['flash_attn'] or 'not installed'}; "
-        f"{meta['timestamp']}; mode {meta['mode']}",
-        f"B={meta['batch']}, H={meta['heads']}, Hkv={meta['kv_heads']}, d={meta['head_dim']}, {meta['dtype']}; "
+        f"torch {meta['torch']}, triton {meta['triton']}, flash-attn {meta['flash_attn'] or 'not installed'}, "
+        f"FA3 {'installed' if meta['fa3'] else 'not installed'}; {meta['timestamp']}; preset {meta['preset']}",
+        f"H={meta['heads']}, Hkv={meta['kv_heads']}, d={meta['head_dim']}, {meta['dtype']}; "
         f"copy bandwidth {meta['copy_bandwidth_GBps']:.0f} GB/s",
         "",
-        "Times are medians in ms; TFLOP/s count useful work only (fwd+bwd = 3.5x forward FLOPs); GB/s is the",
-        "minimal HBM traffic over the time; roofline ratios follow DESIGN.md section 3 (targets: fwd <= 1.25, "
-        "bwd <= 1.5). Causal peers have p = 0 (no thoughts).",
+        ASSUMPTIONS,
         "",
     ]
     for provider, reason in report["skipped"].items():
         lines.append(f"- skipped `{provider}`: {reason}")
     lines += [
         "",
-        "| L | p | provider | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd GB/s | peak MiB "
-        "| fwd / roof | bwd / roof |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| B | L | p | provider | fwd ms | bwd ms | fwd TFLOP/s | bwd TFLOP/s | fwd GB/s | peak MiB | fwd / roof "
+        "| bwd / roof | timers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["results"]:
         if "error" in row:
-            lines.append(f"| {row['L']} | {row['p']} | {row['provider']} | {row['error']} |  |  |  |  |  |  |  |")
+            lines.append(f"| {row['B']} | {row['L']} | {row['p']} | {row['provider']} | {row['error']} "
+                         "|  |  |  |  |  |  |  |  |")
             continue
-        cells = [row["L"], row["p"], row["provider"], row["fwd_ms"], row["fwdbwd_ms"], row["fwd_tflops"],
-                 row["fwdbwd_tflops"], row["fwd_GBps"], row["peak_mem_MiB"], row.get("fwd_vs_roofline"),
-                 row.get("bwd_vs_roofline")]
+        cells = [row["B"], row["L"], row["p"], row["provider"], row["fwd_ms"], row["bwd_ms"], row["fwd_tflops"],
+                 row["bwd_tflops"], row["fwd_GBps"], row["peak_mem_MiB"], row.get("fwd_vs_roofline"),
+                 row.get("bwd_vs_roofline"), f"{row['fwd_timer']}/{row['bwd_timer']}"]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     if report["roofline"]:
-        lines += ["", "| L | p | causal fwd ms | causal bwd ms | thought MB | roofline fwd ms | roofline bwd ms |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| B | L | p | fwd peer | bwd peer | causal fwd ms | causal bwd ms | thought MB "
+                  "| roofline fwd ms | roofline bwd ms |", "|---|---|---|---|---|---|---|---|---|---|"]
         for roof in report["roofline"]:
-            cells = [roof["L"], roof["p"], roof["causal_fwd_ms"], roof["causal_bwd_ms"], roof["thought_bytes"] / 1e6,
-                     roof["fwd_ms"], roof["bwd_ms"]]
+            cells = [roof["B"], roof["L"], roof["p"], roof["fwd_peer"], roof["bwd_peer"], roof["causal_fwd_ms"],
+                     roof["causal_bwd_ms"], roof["thought_bytes"] / 1e6, roof["fwd_ms"], roof["bwd_ms"]]
+            lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    if report["step"]:
+        lines += ["", "| provider | B | L | P | step ms (p = 1..P, fwd+bwd) | roofline ms | step / roof | exact |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for s in report["step"]:
+            cells = [s["provider"], s["B"], s["L"], s["P"], s["step_ms"], s.get("roofline_ms"), s.get("vs_roofline"),
+                     s["exact"]]
             lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(report, path: Path) -> bool:
-    """fwd+bwd time against L, one panel per p; False when matplotlib is not installed."""
+    """fwd+bwd time against L, one panel per (B, p); False when matplotlib is not installed."""
     if importlib.util.find_spec("matplotlib") is None:
         return False
     import matplotlib
@@ -365,18 +438,22 @@ def plot(report, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    batches = sorted({r["B"] for r in report["results"]})
     passes = sorted({r["p"] for r in report["results"] if r["p"]})
-    fig, axes = plt.subplots(1, len(passes), figsize=(4.5 * len(passes), 4), squeeze=False)
-    for ax, p in zip(axes[0], passes):
-        for provider in PROVIDERS:
-            rows = [r for r in report["results"] if r["provider"] == provider and r["p"] in (p, 0) and "error" not in r]
-            if rows:
-                ax.plot([r["L"] for r in rows], [r["fwdbwd_ms"] for r in rows], marker="o", label=provider)
-        roofs = [r for r in report["roofline"] if r["p"] == p]
-        if roofs:
-            ax.plot([r["L"] for r in roofs], [r["fwd_ms"] + r["bwd_ms"] for r in roofs], "k--", label="roofline")
-        ax.set(title=f"p = {p}", xlabel="L", ylabel="fwd+bwd ms", xscale="log", yscale="log")
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(batches), len(passes), figsize=(4.5 * len(passes), 4 * len(batches)), squeeze=False)
+    for i, batch in enumerate(batches):
+        for ax, p in zip(axes[i], passes):
+            for provider in PROVIDERS:
+                rows = [r for r in report["results"] if r["provider"] == provider and r["B"] == batch
+                        and r["p"] in (p, 0) and "error" not in r]
+                if rows:
+                    ax.plot([r["L"] for r in rows], [r["fwd_ms"] + r["bwd_ms"] for r in rows], marker="o",
+                            label=provider)
+            roofs = [r for r in report["roofline"] if r["p"] == p and r["B"] == batch]
+            if roofs:
+                ax.plot([r["L"] for r in roofs], [r["fwd_ms"] + r["bwd_ms"] for r in roofs], "k--", label="roofline")
+            ax.set(title=f"B = {batch}, p = {p}", xlabel="L", ylabel="fwd+bwd ms", xscale="log", yscale="log")
+            ax.legend(fontsize=7)
     fig.suptitle(f"thought attention, {report['meta']['device']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -388,61 +465,51 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def _version(module: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return None
+    return getattr(importlib.import_module(module), "__version__", "installed")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cuda = not args.cpu_smoke
-    device = torch.device("cuda" if cuda else "cpu")
+    cuda = args.device == "cuda"
+    device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    flash_attn_version = None
-    if importlib.util.find_spec("flash_attn") is not None:
-        import flash_attn
-
-        flash_attn_version = flash_attn.__version__
-
     skipped = {p: reason for p in args.providers if (reason := unavailable_reason(p, cuda))}
-    for provider, reason in skipped.items():
-        print(f"skipping {provider}: {reason}")
     active = [p for p in args.providers if p not in skipped]
 
     bandwidth = copy_bandwidth(device, cuda)
     results = []
-    for length in args.lengths:
-        for provider in active:
-            for passes in [args.passes[0]] if provider in CAUSAL_PEERS else args.passes:
-                row = measure(provider, args, length, passes, device, cuda)
-                results.append(row)
-                print(json.dumps(row))
+    for batch in args.batches:
+        for length in args.lengths:
+            for provider in active:
+                for passes in [args.passes[0]] if provider in CAUSAL_PEERS else args.passes:
+                    results.append(measure(provider, args, batch, length, passes, device, cuda))
     rooflines = add_roofline(results, args, bandwidth)
-
     report = dict(
         meta=dict(
-            device=device_name,
-            torch=torch.__version__,
-            triton=triton.__version__,
-            flash_attn=flash_attn_version,
+            device=device_name, torch=torch.__version__, triton=triton.__version__, flash_attn=_version("flash_attn"),
+            fa3=importlib.util.find_spec("flash_attn_interface") is not None,
             timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            mode="cpu-smoke" if args.cpu_smoke else "cuda",
-            batch=args.batch,
-            heads=args.heads,
-            kv_heads=args.kv_heads,
-            head_dim=args.head_dim,
-            dtype=args.dtype,
-            lengths=args.lengths,
-            passes=args.passes,
-            copy_bandwidth_GBps=bandwidth / 1e9,
+            preset=args.preset, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, dtype=args.dtype,
+            batches=args.batches, lengths=args.lengths, passes=args.passes, max_passes=args.max_passes,
+            copy_bandwidth_GBps=bandwidth / 1e9, assumptions=ASSUMPTIONS,
         ),
         skipped=skipped,
         results=results,
         roofline=rooflines,
+        step=step_aggregate(results, rooflines, args),
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"attention_{device_slug(device_name)}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     table = markdown_report(report)
     stem.with_suffix(".md").write_text(table)
-    if not plot(report, stem.with_suffix(".png")):
-        print("matplotlib is not installed: no plot")
+    report["plot"] = plot(report, stem.with_suffix(".png"))
     print(table)
+    if not report["plot"]:
+        print("matplotlib is not installed: no plot")
     return report
 
 

@@ -1,27 +1,67 @@
-"""Fused Triton kernels of the thought-pass attention (DESIGN.md section 3), forward and backward.
+"""Fused Triton kernels of the thought-pass attention, forward and backward.
 
 Query row i of pass p attends to the base keys j <= i that are not padding and to the thought keys of passes
 1..p at the same position i, with one softmax (`thought_attention_reference.py` spells it out in PyTorch).
 
-Forward (`_fwd_kernel`, one program per (query head, block of BLOCK_M rows, batch)):
-    online softmax over the causal base blocks (off-diagonal blocks unmasked, diagonal blocks masked), then p
-    rank-1 updates, one per thought pass (a row-wise dot product q_i . kt_s[i], no tl.dot), and one LSE per row.
-Backward, with Delta_i = rowsum(dO_i * O_i) and P = exp(S - LSE) from the combined LSE:
-    `_bwd_dq_kernel`: Delta, dQ over the causal base blocks, then the thought terms of every pass, row by row:
-        p_is = exp(t_is - lse_i), ds_is = p_is (dO_i . vt_s[i] - Delta_i), dQ_i += scale * ds_is * kt_s[i];
-        p_is and ds_is are kept in fp32 scratch (B, H, p, L).
-    `_bwd_dkv_kernel`: the causal FlashAttention dK/dV of the base block, looping over the query heads of the
-        GQA group (no repeat of K/V, no atomics).
-    `_bwd_thought_dkv_kernel`: dkt_s[i] = scale * sum_g ds_gis q_gi and dvt_s[i] = sum_g p_gis dO_gi over the
-        query heads g of the group; every thought key belongs to one row, so no atomics either.
+Interface. The thought keys/values arrive as Python sequences of p tensors (pass 1 first, pass p last), each
+(B, Hkv, L, d), exactly as the passes produced them: no stacked (B, Hkv, p, L, d) copy is ever made. The kernels
+read them through a pointer table, an int64 tensor holding one `data_ptr()` per pass that the kernel loads and
+casts to a typed pointer; all passes must share one shape and one set of strides (checked on the host). The
+thought gradients are written the same way, straight into each pass's own gradient tensor.
 
-All dot products accumulate in fp32. Under TRITON_INTERPRET=1 (CPU) the operands of tl.dot are upcast to fp32,
-because the interpreter multiplies raw bf16 bit patterns. On CUDA the block sizes are autotuned; the interpreter
-uses one pinned config (autotuning needs a GPU).
+Notation per program: R rows (BLOCK_M / BLOCK_N / BLOCK_R), d the head dim, G = H / Hkv query heads per KV head,
+p passes, e the element size. "mma" counts tensor-core matrix products of one (query block, key block) tile.
+
+Forward, `_fwd_kernel`, one program per (query head, block of BLOCK_M rows, batch), heads fastest so that the G
+programs sharing a KV head read its thought rows from L2:
+    1. thought loop first: for s = 1..p, load kt_s and vt_s rows (software-pipelined by `tl.range(num_stages=2)`),
+       s_is = q_i . kt_s[i] (row-wise, CUDA cores), online-softmax update of (m, l, acc). Running it before the
+       base loop keeps no fp32 copy of q alive across the base loop, and m starts finite, so rows whose base
+       keys are all padding need no guard.
+    2. causal base loop: off-diagonal key blocks unmasked, then the diagonal block masked; 2 mma per tile
+       (S = Q K^T, acc += P V): 4 R_m R_n d FLOPs for 2 R_n d e bytes (the K and V tiles), 2 R_m / e FLOP/B
+       (64 at R_m = 64, bf16) of L2 traffic; from HBM K/V are read once per KV head.
+    3. out = acc / l and one natural-log LSE per row.
+    Per (row, head) the thought loop costs 4 p d FLOPs for 4 p d e / G bytes of HBM (kt, vt shared by the group):
+    memory-bound by far.
+Backward, with Delta_i = rowsum(dO_i * O_i) and P = exp(S - LSE) from the combined LSE, three launches:
+    `_bwd_thought_kernel`, one program per (row block of BLOCK_R rows, KV head, batch), fused: it loads q, dO and
+        O of all G query heads of the group once as (G, R, d) tiles, writes Delta, then loops over the passes:
+        load kt_s, vt_s rows; p_gs = exp(t_gs - lse_g), ds_gs = p_gs (dO_g . vt_s - Delta_g);
+        dkt_s = scale sum_g ds_gs q_g, dvt_s = sum_g p_gs dO_g, written straight to pass s's gradient tensors;
+        dq_g += ds_gs kt_s, kept in registers and stored once (fp32) as the thought part of dQ.
+        Per pass and row: 10 G d FLOPs (CUDA cores) for 8 d e bytes of HBM (read kt, vt; write dkt, dvt):
+        5 FLOP/B at G = 4, e = 2, far below the CUDA-core ridge (67 TFLOP/s / 3.35 TB/s = 20 FLOP/B).
+        Thought keys need no atomics: each belongs to one row; GQA is reduced inside the program.
+    `_bwd_dkv_kernel`, one program per (KV head x head split, key block of BLOCK_N, batch): the causal
+        FlashAttention dK/dV over the query heads of its split of the group (no repeat of K/V). With fewer than
+        ~2 programs per SM (B = 1), the G query heads are split over `n_splits` programs that write fp32
+        partial dK/dV, summed afterwards in a fixed order (deterministic). When deterministic algorithms are
+        off (torch.are_deterministic_algorithms_enabled()), it also adds dQ += scale dS K with fp32 atomics into
+        the accumulator that already holds the thought part, so a tile costs 5 mma (S^T = K Q^T,
+        dV += P^T dO, dP^T = V dO^T, dK += dS^T Q, dQ += dS K): 10 R_m R_n d FLOPs for 2 R_m d e bytes of q and
+        dO plus 4 R_m d bytes of fp32 dQ reductions (resolved in L2), as FlashAttention-2 does; deterministic mode
+        drops the fifth product here (8 R_m R_n d FLOPs per tile).
+    `_bwd_dq_kernel`, deterministic mode only: dQ over the causal base blocks, starting from the thought part;
+        3 mma per tile (S, dP, dQ += dS K), so a tile costs 7 mma over the two kernels (14 R_m R_n d FLOPs).
+    Splitting the dK/dV grid over query heads keeps every tile's work; it adds 8 B d (Hkv L) fp32 bytes per
+    split for the partial sums, and gives B = 1, L = 2048 on Mistral 7B (8 KV heads, G = 4) twice the programs.
+All matrix products accumulate in fp32. bf16/fp16 inputs use tensor cores. fp32 inputs on CUDA run the `torch`
+implementation of `quietstar.attention_quietstar` instead: the IEEE fp32 dot path spills kilobytes at d = 128, and
+the tf32 path still spills in the configs that are spill-free for bf16 (see the compile report). Under
+TRITON_INTERPRET=1 (CPU) the kernels run for every dtype; the operands of tl.dot are upcast to fp32 because the
+interpreter multiplies raw bf16 bit patterns, and fp32 products are exact.
+
+Offsets: batch (and split) offsets are int64; offsets inside one batch element are int32, and the host checks that
+one batch element of every tensor spans fewer than 2^31 elements. Autotuning (CUDA only; the interpreter uses one
+pinned config) is keyed by the next power of two of L and of p, cached on disk (`cache_results=True`), and the
+candidate configs are pruned by head dim to those that compile without register spills on sm_80 and sm_90
+(`benchmarks/kernel_report.py` checks this ahead of time, without a GPU).
 """
 
 import contextlib
 import math
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -34,56 +74,122 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = math.log2(math.e)  # host side: scores are passed to the kernels pre-multiplied by scale * log2(e)
 _LOG2E = tl.constexpr(1.4426950408889634)  # kernel side: natural-log LSE <-> base-2 exponent domain
 _LN2 = tl.constexpr(0.6931471805599453)
+INT32_LIMIT = 2**31
+# Aim for at least this many dK/dV programs (about 2 per SM of an H100) before splitting the query heads.
+DKV_TARGET_PROGRAMS = 264
 
 
-def _configs(cuda: list[dict], interpret: dict) -> list[triton.Config]:
-    """Autotuning candidates on CUDA; the single pinned config under the interpreter."""
-    chosen = [interpret] if INTERPRET else cuda
-    return [
-        triton.Config({k: v for k, v in c.items() if k.isupper()}, num_warps=c["warps"], num_stages=c["stages"])
-        for c in chosen
-    ]
+def _config(c: dict) -> triton.Config:
+    return triton.Config({k: v for k, v in c.items() if k.isupper()}, num_warps=c["warps"], num_stages=c["stages"])
 
 
-_FWD_CONFIGS = _configs(
+def config_key(config: triton.Config) -> tuple:
+    """Hashable identity of a config: (sorted kwargs, warps, stages)."""
+    return tuple(sorted(config.kwargs.items())), config.num_warps, config.num_stages
+
+
+def _configs(cuda: list[dict], interpret: dict) -> tuple[list[triton.Config], dict]:
+    """(autotuning candidates, {(variant, head dim): keys of the configs spill-free there}) on CUDA, for head dims
+    64 and 128 and variant "all" or "deterministic"; the single pinned config under the interpreter."""
+    if INTERPRET:
+        return [_config(interpret)], {}
+    spill_free = {}
+    for head_dim in (64, 128):
+        marked = [(c.get(f"d{head_dim}"), config_key(_config(c))) for c in cuda]
+        spill_free[("all", head_dim)] = frozenset(key for mark, key in marked if mark is True)
+        spill_free[("deterministic", head_dim)] = frozenset(key for mark, key in marked if mark)
+    return [_config(c) for c in cuda], spill_free
+
+
+# Candidate lists. At d = 64 and d = 128 the prune functions keep the configs marked `d64` / `d128`: those that
+# compile without register spills on both sm_80 and sm_90 for bf16 and fp16 (measured by
+# benchmarks/kernel_report.py; "deterministic": only the dK/dV variant without the fused atomic dQ). Smaller head
+# dims keep every candidate.
+FWD_CONFIGS, _FWD_SPILL_FREE = _configs(
     [
-        dict(BLOCK_M=128, BLOCK_N=64, warps=8, stages=3),
-        dict(BLOCK_M=128, BLOCK_N=64, warps=4, stages=3),
-        dict(BLOCK_M=128, BLOCK_N=128, warps=8, stages=2),
-        dict(BLOCK_M=64, BLOCK_N=64, warps=4, stages=3),
-        dict(BLOCK_M=64, BLOCK_N=32, warps=4, stages=4),
-        dict(BLOCK_M=64, BLOCK_N=64, warps=8, stages=3),
-        dict(BLOCK_M=32, BLOCK_N=32, warps=4, stages=3),
+        dict(BLOCK_M=128, BLOCK_N=64, THOUGHT_STAGES=2, warps=8, stages=3, d64=True),
+        dict(BLOCK_M=128, BLOCK_N=32, THOUGHT_STAGES=2, warps=8, stages=3, d64=True),
+        dict(BLOCK_M=128, BLOCK_N=64, THOUGHT_STAGES=2, warps=4, stages=3),
+        dict(BLOCK_M=64, BLOCK_N=64, THOUGHT_STAGES=2, warps=4, stages=3, d64=True),
+        dict(BLOCK_M=64, BLOCK_N=32, THOUGHT_STAGES=1, warps=4, stages=3, d64=True),
+        dict(BLOCK_M=64, BLOCK_N=64, THOUGHT_STAGES=2, warps=8, stages=3, d64=True, d128=True),
+        dict(BLOCK_M=64, BLOCK_N=32, THOUGHT_STAGES=2, warps=8, stages=4, d64=True, d128=True),
     ],
-    dict(BLOCK_M=32, BLOCK_N=16, warps=4, stages=1),
+    dict(BLOCK_M=32, BLOCK_N=16, THOUGHT_STAGES=1, warps=4, stages=1),
 )
-_DQ_CONFIGS = _configs(
+DQ_CONFIGS, _DQ_SPILL_FREE = _configs(
     [
         dict(BLOCK_M=128, BLOCK_N=64, warps=8, stages=2),
+        dict(BLOCK_M=128, BLOCK_N=32, warps=8, stages=3, d64=True),
         dict(BLOCK_M=64, BLOCK_N=64, warps=4, stages=3),
-        dict(BLOCK_M=128, BLOCK_N=32, warps=8, stages=3),
-        dict(BLOCK_M=64, BLOCK_N=32, warps=4, stages=3),
+        dict(BLOCK_M=64, BLOCK_N=32, warps=4, stages=3, d64=True, d128=True),
+        dict(BLOCK_M=64, BLOCK_N=64, warps=8, stages=2, d64=True),
     ],
     dict(BLOCK_M=32, BLOCK_N=16, warps=4, stages=1),
 )
-_DKV_CONFIGS = _configs(
+DKV_CONFIGS, _DKV_SPILL_FREE = _configs(
     [
-        dict(BLOCK_M=32, BLOCK_N=128, warps=8, stages=2),
+        dict(BLOCK_M=32, BLOCK_N=128, warps=8, stages=2, d64=True),
+        dict(BLOCK_M=16, BLOCK_N=128, warps=8, stages=2, d64=True, d128="deterministic"),
         dict(BLOCK_M=64, BLOCK_N=128, warps=8, stages=2),
+        dict(BLOCK_M=32, BLOCK_N=64, warps=8, stages=2, d64=True, d128=True),
         dict(BLOCK_M=32, BLOCK_N=64, warps=4, stages=3),
+        dict(BLOCK_M=16, BLOCK_N=64, warps=4, stages=2, d64=True, d128="deterministic"),
         dict(BLOCK_M=64, BLOCK_N=64, warps=4, stages=3),
     ],
     dict(BLOCK_M=16, BLOCK_N=32, warps=4, stages=1),
 )
-_THOUGHT_DKV_CONFIGS = _configs(  # (BLOCK_R, BLOCK_P, HEAD_DIM) fp32 accumulators: these fit in registers at d=128
+THOUGHT_BWD_CONFIGS, _THOUGHT_BWD_SPILL_FREE = _configs(
     [
-        dict(BLOCK_R=8, BLOCK_P=4, warps=4, stages=1),
-        dict(BLOCK_R=4, BLOCK_P=4, warps=4, stages=1),
-        dict(BLOCK_R=16, BLOCK_P=2, warps=8, stages=1),
-        dict(BLOCK_R=8, BLOCK_P=8, warps=8, stages=1),
+        dict(BLOCK_R=8, warps=4, stages=2, d64=True, d128=True),
+        dict(BLOCK_R=16, warps=4, stages=2, d64=True),
+        dict(BLOCK_R=16, warps=8, stages=2, d64=True, d128=True),
+        dict(BLOCK_R=32, warps=8, stages=2, d64=True),
     ],
-    dict(BLOCK_R=16, BLOCK_P=4, warps=4, stages=1),
+    dict(BLOCK_R=16, warps=4, stages=1),
 )
+
+
+def _prune(configs, spill_free, head_dim, variant="all"):
+    """The configs spill-free at this head dim (all below 64); the interpreter's single config as is."""
+    if INTERPRET or head_dim < 64:
+        return list(configs)
+    return [c for c in configs if config_key(c) in spill_free[(variant, head_dim)]]
+
+
+def _head_dim(named_args, kwargs) -> int:
+    return kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+
+
+def prune_fwd(configs, named_args, **kwargs):
+    return _prune(configs, _FWD_SPILL_FREE, _head_dim(named_args, kwargs))
+
+
+def prune_dq(configs, named_args, **kwargs):
+    return _prune(configs, _DQ_SPILL_FREE, _head_dim(named_args, kwargs))
+
+
+def prune_dkv(configs, named_args, **kwargs):
+    fused = kwargs.get("FUSED_DQ", named_args.get("FUSED_DQ"))
+    return _prune(configs, _DKV_SPILL_FREE, _head_dim(named_args, kwargs), "all" if fused else "deterministic")
+
+
+def prune_thought_bwd(configs, named_args, **kwargs):
+    """Also bounds the (G, BLOCK_R, d) fp32 dQ accumulator, which grows with G, to 64 values per thread."""
+    groups = triton.next_power_of_2(kwargs.get("GROUPS", named_args.get("GROUPS")))
+    return [
+        c for c in _prune(configs, _THOUGHT_BWD_SPILL_FREE, _head_dim(named_args, kwargs))
+        if INTERPRET or c.kwargs["BLOCK_R"] * groups * _head_dim(named_args, kwargs) // (32 * c.num_warps) <= 64
+    ] or [_config(dict(BLOCK_R=max(1, _floor_power_of_2(64 * 256 // (groups * _head_dim(named_args, kwargs)))),
+                       warps=8, stages=2))]
+
+
+def _floor_power_of_2(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+PRUNERS = {"fwd": prune_fwd, "dq": prune_dq, "dkv": prune_dkv, "thought_bwd": prune_thought_bwd}
+CONFIGS = {"fwd": FWD_CONFIGS, "dq": DQ_CONFIGS, "dkv": DKV_CONFIGS, "thought_bwd": THOUGHT_BWD_CONFIGS}
 
 
 # ------------------------------------------------------------------------------------------------------ forward
@@ -121,41 +227,65 @@ def _fwd_base_blocks(
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["seq_len", "n_passes", "HEAD_DIM"])
+@triton.autotune(
+    configs=FWD_CONFIGS,
+    key=["l_bucket", "p_bucket", "HEAD_DIM", "HAS_MASK"],
+    prune_configs_by={"early_config_prune": prune_fwd},
+    cache_results=True,
+)
 @triton.jit
 def _fwd_kernel(
-    Q, KB, VB, KT, VT, MASK, O, LSE,
+    Q, KB, VB, KT_PTRS, VT_PTRS, MASK, O, LSE,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
-    stride_tkb, stride_tkh, stride_tkp, stride_tkl,
-    stride_tvb, stride_tvh, stride_tvp, stride_tvl,
+    stride_tkb, stride_tkh, stride_tkl,
+    stride_tvb, stride_tvh, stride_tvl,
     stride_mb,
-    n_heads, n_groups, seq_len, n_passes, qk_scale,
+    n_heads, n_groups, seq_len, n_passes, qk_scale, l_bucket, p_bucket,
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, THOUGHT_STAGES: tl.constexpr,
 ):
+    tl.static_assert(BLOCK_M % BLOCK_N == 0, "the causal split needs BLOCK_M to be a multiple of BLOCK_N")
     head = tl.program_id(0)
     block_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest causal rows first
-    batch = tl.program_id(2)
+    batch = tl.program_id(2).to(tl.int64)
     kv_head = head // n_groups
     start_m = block_m * BLOCK_M
     rows = start_m + tl.arange(0, BLOCK_M)
     row_ok = rows < seq_len
     offs_d = tl.arange(0, HEAD_DIM)
+    dtype = Q.dtype.element_ty
 
-    q_ptrs = Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_ql + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    q_offs = batch * stride_qb + head * stride_qh + rows[:, None] * stride_ql + offs_d[None, :]
+    qf = tl.load(Q + q_offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+
+    # Thought passes first: one same-position key per pass and row, folded in as rank-1 updates.
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    kt_offs = batch * stride_tkb + kv_head * stride_tkh + rows[:, None] * stride_tkl + offs_d[None, :]
+    vt_offs = batch * stride_tvb + kv_head * stride_tvh + rows[:, None] * stride_tvl + offs_d[None, :]
+    for s in tl.range(0, n_passes, num_stages=THOUGHT_STAGES):
+        kt_pass = tl.load(KT_PTRS + s).to(tl.pointer_type(dtype))
+        vt_pass = tl.load(VT_PTRS + s).to(tl.pointer_type(dtype))
+        kt = tl.load(kt_pass + kt_offs, mask=row_ok[:, None], other=0.0)
+        vt = tl.load(vt_pass + vt_offs, mask=row_ok[:, None], other=0.0)
+        score = tl.sum(qf * kt.to(tl.float32), 1) * qk_scale
+        m_new = tl.maximum(m_i, score)
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(score - m_new)
+        l_i = l_i * alpha + p
+        acc = acc * alpha[:, None] + p[:, None] * vt.to(tl.float32)
+        m_i = m_new
+
+    # q again for the base loop (an L2 hit): no copy of it stays live across the thought loop in another layout
+    q = tl.load(Q + q_offs, mask=row_ok[:, None], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
     K = KB + batch * stride_kb + kv_head * stride_kh
     V = VB + batch * stride_vb + kv_head * stride_vh
     MASK = MASK + batch * stride_mb
-
-    # A finite start keeps exp2(m_i - m_new) defined for rows whose first blocks are all padding.
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     acc, l_i, m_i = _fwd_base_blocks(
         acc, l_i, m_i, q, K, V, MASK, stride_kl, stride_vl, rows, 0, start_m, seq_len, qk_scale,
         False, HAS_MASK, BLOCK_N, HEAD_DIM, UPCAST, DOT_PRECISION,
@@ -165,29 +295,169 @@ def _fwd_kernel(
         seq_len, qk_scale, True, HAS_MASK, BLOCK_N, HEAD_DIM, UPCAST, DOT_PRECISION,
     )
 
-    # Thought passes: one same-position key per pass and row, folded in as rank-1 updates.
-    qf = q.to(tl.float32)
-    kt_ptrs = KT + batch * stride_tkb + kv_head * stride_tkh + rows[:, None] * stride_tkl + offs_d[None, :]
-    vt_ptrs = VT + batch * stride_tvb + kv_head * stride_tvh + rows[:, None] * stride_tvl + offs_d[None, :]
-    for s in range(0, n_passes):
-        kt = tl.load(kt_ptrs + s * stride_tkp, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        vt = tl.load(vt_ptrs + s * stride_tvp, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        score = tl.sum(qf * kt, 1) * qk_scale
-        m_new = tl.maximum(m_i, score)
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(score - m_new)
-        l_i = l_i * alpha + p
-        acc = acc * alpha[:, None] + p[:, None] * vt
-        m_i = m_new
-
     out = acc / l_i[:, None]
-    o_ptrs = O + batch * stride_qb + head * stride_qh + rows[:, None] * stride_ql + offs_d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(O + q_offs, out.to(dtype), mask=row_ok[:, None])
     lse = (m_i + tl.math.log2(l_i)) * _LN2
     tl.store(LSE + (batch * n_heads + head) * seq_len + rows, lse, mask=row_ok)
 
 
 # ----------------------------------------------------------------------------------------------------- backward
+
+
+@triton.autotune(
+    configs=THOUGHT_BWD_CONFIGS,
+    key=["l_bucket", "p_bucket", "GROUPS", "HEAD_DIM"],
+    prune_configs_by={"early_config_prune": prune_thought_bwd},
+    cache_results=True,
+)
+@triton.heuristics({"BLOCK_G": lambda args: triton.next_power_of_2(args["GROUPS"])})
+@triton.jit
+def _bwd_thought_kernel(
+    Q, O, DO, LSE, DELTA, DQ_ACC, KT_PTRS, VT_PTRS, DKT_PTRS, DVT_PTRS,
+    stride_qb, stride_qh, stride_ql,
+    stride_dob, stride_doh, stride_dol,
+    stride_tkb, stride_tkh, stride_tkl,
+    stride_tvb, stride_tvh, stride_tvl,
+    n_heads, seq_len, n_passes, scaling, qk_scale, l_bucket, p_bucket,
+    GROUPS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    kv_head = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)
+    heads = kv_head * GROUPS + tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = rows < seq_len
+    ok = (tl.arange(0, BLOCK_G) < GROUPS)[:, None] & row_ok[None, :]  # (G, R)
+    dtype = Q.dtype.element_ty
+
+    # (G, R, d) tiles of the group's query heads, loaded once for all passes.
+    q_offs = batch * stride_qb + heads[:, None, None] * stride_qh + rows[None, :, None] * stride_ql
+    do_offs = batch * stride_dob + heads[:, None, None] * stride_doh + rows[None, :, None] * stride_dol
+    q = tl.load(Q + q_offs + offs_d[None, None, :], mask=ok[:, :, None], other=0.0)
+    do = tl.load(DO + do_offs + offs_d[None, None, :], mask=ok[:, :, None], other=0.0)
+    o = tl.load(O + q_offs + offs_d[None, None, :], mask=ok[:, :, None], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 2)  # (G, R)
+    row_vec = (batch * n_heads + heads[:, None]) * seq_len + rows[None, :]
+    tl.store(DELTA + row_vec, delta, mask=ok)
+    lse2 = tl.load(LSE + row_vec, mask=ok, other=float("inf")) * _LOG2E  # p = 0 on masked rows and heads
+
+    dq = tl.zeros([BLOCK_G, BLOCK_R, HEAD_DIM], dtype=tl.float32)
+    kt_offs = batch * stride_tkb + kv_head * stride_tkh + rows[:, None] * stride_tkl + offs_d[None, :]
+    vt_offs = batch * stride_tvb + kv_head * stride_tvh + rows[:, None] * stride_tvl + offs_d[None, :]
+    for s in tl.range(0, n_passes, num_stages=2):
+        kt_pass = tl.load(KT_PTRS + s).to(tl.pointer_type(dtype))
+        vt_pass = tl.load(VT_PTRS + s).to(tl.pointer_type(dtype))
+        kt = tl.load(kt_pass + kt_offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        vt = tl.load(vt_pass + vt_offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        p = tl.math.exp2(tl.sum(q.to(tl.float32) * kt[None, :, :], 2) * qk_scale - lse2)  # (G, R)
+        ds = p * (tl.sum(do.to(tl.float32) * vt[None, :, :], 2) - delta)
+        dkt = tl.sum(ds[:, :, None] * q.to(tl.float32), 0) * scaling  # (R, d)
+        dvt = tl.sum(p[:, :, None] * do.to(tl.float32), 0)
+        dq += ds[:, :, None] * kt[None, :, :]
+        dkt_pass = tl.load(DKT_PTRS + s).to(tl.pointer_type(dtype))
+        dvt_pass = tl.load(DVT_PTRS + s).to(tl.pointer_type(dtype))
+        tl.store(dkt_pass + kt_offs, dkt.to(dtype), mask=row_ok[:, None])
+        tl.store(dvt_pass + vt_offs, dvt.to(dtype), mask=row_ok[:, None])
+
+    dq_offs = row_vec[:, :, None] * HEAD_DIM + offs_d[None, None, :]
+    tl.store(DQ_ACC + dq_offs, dq * scaling, mask=ok[:, :, None])
+
+
+@triton.jit
+def _dkv_query_blocks(
+    dk, dv, k, v, key_real, cols, Q, DO, LSE, DELTA, DQ_ACC, stride_ql, stride_dol, lo, hi, seq_len, scaling,
+    qk_scale, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, FUSED_DQ: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dv += P^T dO, dk += dS^T Q (and dQ += dS K when FUSED_DQ) for one key block over the rows lo..hi of one head."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + tl.arange(0, BLOCK_M)
+        row_ok = rows < seq_len
+        q = tl.load(Q + rows[:, None] * stride_ql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + rows[:, None] * stride_dol + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        lse2 = tl.load(LSE + rows, mask=row_ok, other=float("inf")) * _LOG2E  # p = 0 past the last row
+        delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
+        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+        p_t = tl.math.exp2(qk_t - lse2[None, :])
+        if CAUSAL:
+            p_t = tl.where(rows[None, :] >= cols[:, None], p_t, 0.0)
+        if HAS_MASK:
+            p_t = tl.where(key_real[:, None], p_t, 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
+        dk += tl.dot(ds_t, q, input_precision=DOT_PRECISION)
+        if FUSED_DQ:
+            dq = tl.dot(tl.trans(ds_t), k, input_precision=DOT_PRECISION) * scaling
+            tl.atomic_add(DQ_ACC + rows[:, None] * HEAD_DIM + offs_d[None, :], dq, mask=row_ok[:, None], sem="relaxed")
+    return dk, dv
+
+
+@triton.autotune(
+    configs=DKV_CONFIGS,
+    key=["l_bucket", "n_groups", "n_splits", "HEAD_DIM", "HAS_MASK", "FUSED_DQ"],
+    prune_configs_by={"early_config_prune": prune_dkv},
+    restore_value=["DQ_ACC"],
+    cache_results=True,
+)
+@triton.jit
+def _bwd_dkv_kernel(
+    Q, KB, VB, MASK, DO, LSE, DELTA, DQ_ACC, DK, DV,
+    stride_qb, stride_qh, stride_ql,
+    stride_dob, stride_doh, stride_dol,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_dks, stride_dkb, stride_dkh, stride_dkl,
+    stride_dvs, stride_dvb, stride_dvh, stride_dvl,
+    stride_mb,
+    n_heads, n_kv_heads, n_groups, n_splits, seq_len, scaling, qk_scale, l_bucket,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, FUSED_DQ: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    tl.static_assert(BLOCK_N % BLOCK_M == 0, "the causal split needs BLOCK_N to be a multiple of BLOCK_M")
+    kv_head = tl.program_id(0) // n_splits
+    split = tl.program_id(0) % n_splits
+    start_n = tl.program_id(1) * BLOCK_N  # the longest (first) key blocks launch first
+    batch = tl.program_id(2).to(tl.int64)
+    cols = start_n + tl.arange(0, BLOCK_N)
+    col_ok = cols < seq_len
+    offs_d = tl.arange(0, HEAD_DIM)
+
+    k_offs = batch * stride_kb + kv_head * stride_kh + cols[:, None] * stride_kl + offs_d[None, :]
+    v_offs = batch * stride_vb + kv_head * stride_vh + cols[:, None] * stride_vl + offs_d[None, :]
+    k = tl.load(KB + k_offs, mask=col_ok[:, None], other=0.0)
+    v = tl.load(VB + v_offs, mask=col_ok[:, None], other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    key_real = col_ok
+    if HAS_MASK:
+        key_real = key_real & (tl.load(MASK + batch * stride_mb + cols, mask=col_ok, other=0) != 0)
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    heads_per_split = n_groups // n_splits
+    for g in range(0, heads_per_split):
+        head = kv_head * n_groups + split * heads_per_split + g
+        Q_h = Q + batch * stride_qb + head * stride_qh
+        DO_h = DO + batch * stride_dob + head * stride_doh
+        LSE_h = LSE + (batch * n_heads + head) * seq_len
+        DELTA_h = DELTA + (batch * n_heads + head) * seq_len
+        DQ_h = DQ_ACC + (batch * n_heads + head) * seq_len * HEAD_DIM
+        dk, dv = _dkv_query_blocks(
+            dk, dv, k, v, key_real, cols, Q_h, DO_h, LSE_h, DELTA_h, DQ_h, stride_ql, stride_dol, start_n,
+            seq_len, seq_len, scaling, qk_scale, True, HAS_MASK, FUSED_DQ, BLOCK_M, HEAD_DIM, UPCAST, DOT_PRECISION,
+        )
+
+    split = split.to(tl.int64)
+    dk_offs = split * stride_dks + batch * stride_dkb + kv_head * stride_dkh + cols[:, None] * stride_dkl
+    dv_offs = split * stride_dvs + batch * stride_dvb + kv_head * stride_dvh + cols[:, None] * stride_dvl
+    tl.store(DK + dk_offs + offs_d[None, :], (dk * scaling).to(DK.dtype.element_ty), mask=col_ok[:, None])
+    tl.store(DV + dv_offs + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
 
 @triton.jit
@@ -220,24 +490,28 @@ def _dq_base_blocks(
     return dq
 
 
-@triton.autotune(configs=_DQ_CONFIGS, key=["seq_len", "n_passes", "HEAD_DIM"])
+@triton.autotune(
+    configs=DQ_CONFIGS,
+    key=["l_bucket", "HEAD_DIM", "HAS_MASK"],
+    prune_configs_by={"early_config_prune": prune_dq},
+    cache_results=True,
+)
 @triton.jit
 def _bwd_dq_kernel(
-    Q, KB, VB, KT, VT, MASK, O, DO, LSE, DELTA, PS, DS, DQ,
+    Q, KB, VB, MASK, DO, LSE, DELTA, DQ_ACC, DQ,
     stride_qb, stride_qh, stride_ql,
     stride_dob, stride_doh, stride_dol,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
-    stride_tkb, stride_tkh, stride_tkp, stride_tkl,
-    stride_tvb, stride_tvh, stride_tvp, stride_tvl,
     stride_mb,
-    n_heads, n_groups, seq_len, n_passes, scaling, qk_scale,
+    n_heads, n_groups, seq_len, scaling, qk_scale, l_bucket,
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    tl.static_assert(BLOCK_M % BLOCK_N == 0, "the causal split needs BLOCK_M to be a multiple of BLOCK_N")
     head = tl.program_id(0)
     block_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    batch = tl.program_id(2)
+    batch = tl.program_id(2).to(tl.int64)
     kv_head = head // n_groups
     start_m = block_m * BLOCK_M
     rows = start_m + tl.arange(0, BLOCK_M)
@@ -248,19 +522,18 @@ def _bwd_dq_kernel(
     do_offs = batch * stride_dob + head * stride_doh + rows[:, None] * stride_dol + offs_d[None, :]
     q = tl.load(Q + q_offs, mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + do_offs, mask=row_ok[:, None], other=0.0)
-    o = tl.load(O + q_offs, mask=row_ok[:, None], other=0.0)
     row_vec = (batch * n_heads + head) * seq_len + rows
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + row_vec, delta, mask=row_ok)
+    delta = tl.load(DELTA + row_vec, mask=row_ok, other=0.0)
     lse2 = tl.load(LSE + row_vec, mask=row_ok, other=0.0) * _LOG2E
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
+    acc_offs = row_vec[:, None] * HEAD_DIM + offs_d[None, :]
+    dq = tl.load(DQ_ACC + acc_offs, mask=row_ok[:, None], other=0.0) / scaling  # the thought part
 
     K = KB + batch * stride_kb + kv_head * stride_kh
     V = VB + batch * stride_vb + kv_head * stride_vh
     MASK = MASK + batch * stride_mb
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     dq = _dq_base_blocks(
         dq, q, do, lse2, delta, K, V, MASK, stride_kl, stride_vl, rows, 0, start_m, seq_len, qk_scale,
         False, HAS_MASK, BLOCK_N, HEAD_DIM, UPCAST, DOT_PRECISION,
@@ -270,152 +543,10 @@ def _bwd_dq_kernel(
         tl.minimum(start_m + BLOCK_M, seq_len), seq_len, qk_scale, True, HAS_MASK, BLOCK_N, HEAD_DIM, UPCAST,
         DOT_PRECISION,
     )
-
-    qf = q.to(tl.float32)
-    dof = do.to(tl.float32)
-    kt_ptrs = KT + batch * stride_tkb + kv_head * stride_tkh + rows[:, None] * stride_tkl + offs_d[None, :]
-    vt_ptrs = VT + batch * stride_tvb + kv_head * stride_tvh + rows[:, None] * stride_tvl + offs_d[None, :]
-    scratch = (batch * n_heads + head) * n_passes * seq_len + rows
-    for s in range(0, n_passes):
-        kt = tl.load(kt_ptrs + s * stride_tkp, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        vt = tl.load(vt_ptrs + s * stride_tvp, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        p = tl.math.exp2(tl.sum(qf * kt, 1) * qk_scale - lse2)
-        ds = p * (tl.sum(dof * vt, 1) - delta)
-        dq += ds[:, None] * kt
-        tl.store(PS + scratch + s * seq_len, p, mask=row_ok)
-        tl.store(DS + scratch + s * seq_len, ds, mask=row_ok)
-
     tl.store(DQ + q_offs, (dq * scaling).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit
-def _dkv_query_blocks(
-    dk, dv, k, v, key_real, cols, Q, DO, LSE, DELTA, stride_ql, stride_dol, lo, hi, seq_len, qk_scale,
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """dv += P^T dO and dk += dS^T Q for one base key block over the query rows lo..hi of one query head."""
-    offs_d = tl.arange(0, HEAD_DIM)
-    for start_m in range(lo, hi, BLOCK_M):
-        rows = start_m + tl.arange(0, BLOCK_M)
-        row_ok = rows < seq_len
-        q = tl.load(Q + rows[:, None] * stride_ql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + rows[:, None] * stride_dol + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        if UPCAST:
-            q = q.to(tl.float32)
-            do = do.to(tl.float32)
-        lse2 = tl.load(LSE + rows, mask=row_ok, other=0.0) * _LOG2E
-        delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
-        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
-        p_t = tl.math.exp2(qk_t - lse2[None, :])
-        if CAUSAL:
-            p_t = tl.where(rows[None, :] >= cols[:, None], p_t, 0.0)
-        if HAS_MASK:
-            p_t = tl.where(key_real[:, None], p_t, 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
-    return dk, dv
-
-
-@triton.autotune(configs=_DKV_CONFIGS, key=["seq_len", "n_groups", "HEAD_DIM"])
-@triton.jit
-def _bwd_dkv_kernel(
-    Q, KB, VB, MASK, DO, LSE, DELTA, DKB, DVB,
-    stride_qb, stride_qh, stride_ql,
-    stride_dob, stride_doh, stride_dol,
-    stride_kb, stride_kh, stride_kl,
-    stride_vb, stride_vh, stride_vl,
-    stride_mb,
-    n_heads, n_groups, seq_len, scaling, qk_scale,
-    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    kv_head = tl.program_id(0)
-    start_n = tl.program_id(1) * BLOCK_N
-    batch = tl.program_id(2)
-    cols = start_n + tl.arange(0, BLOCK_N)
-    col_ok = cols < seq_len
-    offs_d = tl.arange(0, HEAD_DIM)
-
-    k_offs = batch * stride_kb + kv_head * stride_kh + cols[:, None] * stride_kl + offs_d[None, :]
-    v_offs = batch * stride_vb + kv_head * stride_vh + cols[:, None] * stride_vl + offs_d[None, :]
-    k = tl.load(KB + k_offs, mask=col_ok[:, None], other=0.0)
-    v = tl.load(VB + v_offs, mask=col_ok[:, None], other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    key_real = col_ok
-    if HAS_MASK:
-        key_real = key_real & (tl.load(MASK + batch * stride_mb + cols, mask=col_ok, other=0) != 0)
-
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    for g in range(0, n_groups):
-        head = kv_head * n_groups + g
-        Q_h = Q + batch * stride_qb + head * stride_qh
-        DO_h = DO + batch * stride_dob + head * stride_doh
-        LSE_h = LSE + (batch * n_heads + head) * seq_len
-        DELTA_h = DELTA + (batch * n_heads + head) * seq_len
-        dk, dv = _dkv_query_blocks(
-            dk, dv, k, v, key_real, cols, Q_h, DO_h, LSE_h, DELTA_h, stride_ql, stride_dol, start_n,
-            tl.minimum(start_n + BLOCK_N, seq_len), seq_len, qk_scale, True, HAS_MASK, BLOCK_M, HEAD_DIM, UPCAST,
-            DOT_PRECISION,
-        )
-        dk, dv = _dkv_query_blocks(
-            dk, dv, k, v, key_real, cols, Q_h, DO_h, LSE_h, DELTA_h, stride_ql, stride_dol, start_n + BLOCK_N,
-            seq_len, seq_len, qk_scale, False, HAS_MASK, BLOCK_M, HEAD_DIM, UPCAST, DOT_PRECISION,
-        )
-
-    tl.store(DKB + k_offs, (dk * scaling).to(DKB.dtype.element_ty), mask=col_ok[:, None])
-    tl.store(DVB + v_offs, dv.to(DVB.dtype.element_ty), mask=col_ok[:, None])
-
-
-@triton.autotune(configs=_THOUGHT_DKV_CONFIGS, key=["n_passes", "n_groups", "HEAD_DIM"])
-@triton.jit
-def _bwd_thought_dkv_kernel(
-    Q, DO, PS, DS, DKT, DVT,
-    stride_qb, stride_qh, stride_ql,
-    stride_dob, stride_doh, stride_dol,
-    stride_tkb, stride_tkh, stride_tkp, stride_tkl,
-    stride_tvb, stride_tvh, stride_tvp, stride_tvl,
-    n_heads, n_kv_heads, n_groups, seq_len, n_passes, scaling,
-    HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-):
-    passes = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    batch = tl.program_id(2) // n_kv_heads
-    kv_head = tl.program_id(2) % n_kv_heads
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = rows < seq_len
-    tile_ok = row_ok[:, None] & (passes < n_passes)[None, :]  # (BLOCK_R, BLOCK_P)
-
-    dkt = tl.zeros([BLOCK_R, BLOCK_P, HEAD_DIM], dtype=tl.float32)
-    dvt = tl.zeros([BLOCK_R, BLOCK_P, HEAD_DIM], dtype=tl.float32)
-    for g in range(0, n_groups):
-        head = kv_head * n_groups + g
-        q_ptrs = Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_ql + offs_d[None, :]
-        do_ptrs = DO + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dol + offs_d[None, :]
-        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        scratch = ((batch * n_heads + head) * n_passes + passes[None, :]) * seq_len + rows[:, None]
-        p = tl.load(PS + scratch, mask=tile_ok, other=0.0)
-        ds = tl.load(DS + scratch, mask=tile_ok, other=0.0)
-        dkt += ds[:, :, None] * q[:, None, :]
-        dvt += p[:, :, None] * do[:, None, :]
-
-    store_ok = tile_ok[:, :, None]
-    dkt_ptrs = (
-        DKT + batch * stride_tkb + kv_head * stride_tkh + passes[None, :, None] * stride_tkp
-        + rows[:, None, None] * stride_tkl + offs_d[None, None, :]
-    )
-    dvt_ptrs = (
-        DVT + batch * stride_tvb + kv_head * stride_tvh + passes[None, :, None] * stride_tvp
-        + rows[:, None, None] * stride_tvl + offs_d[None, None, :]
-    )
-    tl.store(dkt_ptrs, (dkt * scaling).to(DKT.dtype.element_ty), mask=store_ok)
-    tl.store(dvt_ptrs, dvt.to(DVT.dtype.element_ty), mask=store_ok)
+KERNELS = {"fwd": _fwd_kernel, "thought_bwd": _bwd_thought_kernel, "dkv": _bwd_dkv_kernel, "dq": _bwd_dq_kernel}
 
 
 # ------------------------------------------------------------------------------------------------ host wrappers
@@ -423,36 +554,41 @@ def _bwd_thought_dkv_kernel(
 
 def _check_inputs(q, kb, vb, kt, vt, key_padding_mask) -> None:
     """Raise a ValueError/RuntimeError naming the first unsupported input."""
-    if q.dim() != 4 or kb.dim() != 4 or kt.dim() != 5:
+    if not isinstance(kt, Sequence) or not isinstance(vt, Sequence) or isinstance(kt, torch.Tensor):
+        raise ValueError("thought_attention takes kt and vt as sequences (list/tuple) of p tensors (B, Hkv, L, d)")
+    if len(kt) != len(vt):
+        raise ValueError(f"kt and vt must hold one tensor per pass each; got {len(kt)} and {len(vt)}")
+    if not kt:
+        raise ValueError("thought_attention needs at least one thought pass (len(kt) >= 1)")
+    if q.dim() != 4 or kb.dim() != 4:
         raise ValueError(
-            "thought_attention expects q (B, H, L, d), kb/vb (B, Hkv, L, d) and kt/vt (B, Hkv, p, L, d); got "
-            f"{tuple(q.shape)}, {tuple(kb.shape)}, {tuple(kt.shape)}"
+            f"thought_attention expects q (B, H, L, d) and kb/vb (B, Hkv, L, d); got {tuple(q.shape)}, "
+            f"{tuple(kb.shape)}"
         )
     batch, heads, length, head_dim = q.shape
     kv_heads = kb.shape[1]
-    n_passes = kt.shape[2]
-    if kb.shape != (batch, kv_heads, length, head_dim) or vb.shape != kb.shape:
-        raise ValueError(f"kb and vb must be (B, Hkv, L, d) = {(batch, kv_heads, length, head_dim)}; got "
-                         f"{tuple(kb.shape)} and {tuple(vb.shape)}")
-    if kt.shape != (batch, kv_heads, n_passes, length, head_dim) or vt.shape != kt.shape:
-        raise ValueError(f"kt and vt must be (B, Hkv, p, L, d) = {(batch, kv_heads, n_passes, length, head_dim)}; "
-                         f"got {tuple(kt.shape)} and {tuple(vt.shape)}")
+    expected = (batch, kv_heads, length, head_dim)
+    if kb.shape != expected or vb.shape != expected:
+        raise ValueError(f"kb and vb must be (B, Hkv, L, d) = {expected}; got {tuple(kb.shape)} and {tuple(vb.shape)}")
+    for name, passes in (("kt", kt), ("vt", vt)):
+        for index, t in enumerate(passes):
+            if tuple(t.shape) != expected:
+                raise ValueError(f"{name}[{index}] must be (B, Hkv, L, d) = {expected}; got {tuple(t.shape)}")
     if heads % kv_heads:
         raise ValueError(f"query heads ({heads}) must be a multiple of key/value heads ({kv_heads})")
-    if n_passes < 1:
-        raise ValueError("thought_attention needs at least one thought pass (kt.shape[2] >= 1)")
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head dim {head_dim} is not supported by the Triton kernel; supported: {SUPPORTED_HEAD_DIMS}")
-    if q.dtype not in SUPPORTED_DTYPES or any(t.dtype != q.dtype for t in (kb, vb, kt, vt)):
+    tensors = (q, kb, vb, *kt, *vt)
+    if q.dtype not in SUPPORTED_DTYPES or any(t.dtype != q.dtype for t in tensors):
         raise ValueError(
-            f"q, kb, vb, kt, vt must share one dtype among {SUPPORTED_DTYPES}; got "
-            f"{[str(t.dtype) for t in (q, kb, vb, kt, vt)]}"
+            f"q, kb, vb and every kt/vt tensor must share one dtype among {SUPPORTED_DTYPES}; got "
+            f"{sorted({str(t.dtype) for t in tensors})}"
         )
     if key_padding_mask is not None and (key_padding_mask.shape != (batch, length)
                                          or key_padding_mask.dtype != torch.bool):
         raise ValueError(f"key_padding_mask must be a bool tensor of shape (B, L) = {(batch, length)}; got "
                          f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
-    devices = {t.device for t in (q, kb, vb, kt, vt)}
+    devices = {t.device for t in tensors}
     if len(devices) != 1:
         raise ValueError(f"all inputs must be on one device; got {devices}")
     if q.device.type != "cuda" and not INTERPRET:
@@ -475,9 +611,70 @@ def _inner_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def layout(t: torch.Tensor) -> tuple[int, ...]:
+    """Strides that matter to the kernels: those of dims longer than 1 (the others are never multiplied by > 0)."""
+    return tuple(stride if size > 1 else 0 for size, stride in zip(t.shape, t.stride()))
+
+
+def _same_layout(passes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The passes with inner-contiguous layouts; all made contiguous (a copy) if their strides differ."""
+    passes = [_inner_contiguous(t) for t in passes]
+    if len({layout(t) for t in passes}) > 1:
+        passes = [t.contiguous(memory_format=torch.contiguous_format) for t in passes]
+    if len({layout(t) for t in passes}) > 1:
+        raise ValueError("thought passes must share one shape and one set of strides")
+    return passes
+
+
+def _check_int32_spans(tensors: Sequence[torch.Tensor]) -> None:
+    """Offsets inside one batch element are int32 in the kernels: each such span must stay below 2^31 elements."""
+    for t in tensors:
+        span = sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:])) + 1
+        if span >= INT32_LIMIT:
+            raise ValueError(
+                f"one batch element of a {tuple(t.shape)} input spans {span} elements (>= 2^31); "
+                "the kernel needs it below 2^31"
+            )
+
+
+def pointer_table(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """(n,) int64 tensor of the tensors' data pointers, read by the kernels to reach each pass without a copy.
+
+    On CUDA it is staged in pinned host memory and copied asynchronously on the current stream, so building it
+    does not make the host wait for the GPU.
+    """
+    table = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
+    if device.type != "cuda":
+        return table
+    return table.pin_memory().to(device, non_blocking=True)
+
+
+def dot_precision(dtype: torch.dtype) -> str | None:
+    """tl.dot input precision: tf32 for fp32 inputs on CUDA (IEEE under the interpreter, where it is exact)."""
+    if dtype != torch.float32:
+        return None
+    return "ieee" if INTERPRET else "tf32"
+
+
 def _kernel_flags(dtype: torch.dtype) -> dict:
-    """Constexpr flags shared by the kernels: upcast dots under the interpreter, IEEE fp32 dots for fp32."""
-    return dict(UPCAST=INTERPRET, DOT_PRECISION="ieee" if dtype == torch.float32 else None)
+    """Constexpr flags shared by the kernels: upcast dots under the interpreter, the fp32 dot precision."""
+    return dict(UPCAST=INTERPRET, DOT_PRECISION=dot_precision(dtype))
+
+
+def _buckets(length: int, n_passes: int) -> dict:
+    """Autotune key values: next powers of two of L and p, so padded batches of nearby widths share a tuning."""
+    return dict(l_bucket=triton.next_power_of_2(length), p_bucket=triton.next_power_of_2(n_passes))
+
+
+def dkv_splits(batch: int, kv_heads: int, groups: int, length: int, block_n: int = 64) -> int:
+    """Query-head splits of the dK/dV grid: the smallest divisor of G giving ~DKV_TARGET_PROGRAMS programs."""
+    programs = batch * kv_heads * triton.cdiv(length, block_n)
+    splits = 1
+    while splits < groups and programs * splits < DKV_TARGET_PROGRAMS:
+        splits += 1
+        while groups % splits:
+            splits += 1
+    return splits
 
 
 def _device_guard(x: torch.Tensor):
@@ -485,11 +682,19 @@ def _device_guard(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
+def _mask_args(key_padding_mask, dummy):
+    """(mask tensor or a dummy pointer, batch stride, HAS_MASK)."""
+    if key_padding_mask is None:
+        return dummy, 0, False
+    return key_padding_mask, key_padding_mask.stride(0), True
+
+
 def thought_attention_forward(q, kb, vb, kt, vt, key_padding_mask, scaling):
     """Forward kernel launch.
 
     Args:
-        q: (B, H, L, d); kb, vb: (B, Hkv, L, d); kt, vt: (B, Hkv, p, L, d); one dtype, last dim contiguous.
+        q: (B, H, L, d); kb, vb: (B, Hkv, L, d); kt, vt: sequences of p tensors (B, Hkv, L, d), the passes of
+            each sharing one stride set; one dtype, last dim contiguous.
         key_padding_mask: (B, L) bool (True = real token) or None.
         scaling: score scale.
 
@@ -497,149 +702,201 @@ def thought_attention_forward(q, kb, vb, kt, vt, key_padding_mask, scaling):
         out: (B, H, L, d) with q's strides; lse: (B, H, L) fp32, natural log.
     """
     batch, heads, length, head_dim = q.shape
-    kv_heads, n_passes = kb.shape[1], kt.shape[2]
+    kv_heads, n_passes = kb.shape[1], len(kt)
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
-    mask = key_padding_mask if key_padding_mask is not None else lse  # a dummy pointer when HAS_MASK is off
-    mask_stride = key_padding_mask.stride(0) if key_padding_mask is not None else 0
+    mask, mask_stride, has_mask = _mask_args(key_padding_mask, lse)
+    kt_table, vt_table = pointer_table(kt, q.device), pointer_table(vt, q.device)
 
     def grid(meta):
         return heads, triton.cdiv(length, meta["BLOCK_M"]), batch
 
     with _device_guard(q):
         _fwd_kernel[grid](
-            q, kb, vb, kt, vt, mask, out, lse,
+            q, kb, vb, kt_table, vt_table, mask, out, lse,
             q.stride(0), q.stride(1), q.stride(2),
             kb.stride(0), kb.stride(1), kb.stride(2),
             vb.stride(0), vb.stride(1), vb.stride(2),
-            kt.stride(0), kt.stride(1), kt.stride(2), kt.stride(3),
-            vt.stride(0), vt.stride(1), vt.stride(2), vt.stride(3),
+            *layout(kt[0])[:3],
+            *layout(vt[0])[:3],
             mask_stride,
-            heads, heads // kv_heads, length, n_passes, scaling * LOG2E,
-            HEAD_DIM=head_dim, HAS_MASK=key_padding_mask is not None, **_kernel_flags(q.dtype),
+            heads, heads // kv_heads, length, n_passes, scaling * LOG2E, **_buckets(length, n_passes),
+            HEAD_DIM=head_dim, HAS_MASK=has_mask, **_kernel_flags(q.dtype),
         )
     return out, lse
 
 
-def thought_attention_backward(grad_out, q, kb, vb, kt, vt, key_padding_mask, out, lse, scaling):
-    """Backward kernel launches: dQ (+ Delta and the thought-score scratch), base dK/dV, thought dK/dV.
+def thought_attention_backward(grad_out, q, kb, vb, kt, vt, key_padding_mask, out, lse, scaling,
+                               deterministic: bool | None = None):
+    """Backward kernel launches: fused thought backward (+ Delta), base dK/dV (+ dQ unless deterministic), dQ.
 
     Args:
         grad_out: (B, H, L, d) gradient of `out`; the other arguments as saved by the forward.
+        deterministic: run the atomic-free path (separate dQ kernel); default
+            torch.are_deterministic_algorithms_enabled().
 
     Returns:
-        dq (B, H, L, d), dkb and dvb (B, Hkv, L, d), dkt and dvt (B, Hkv, p, L, d), in the input dtype.
+        dq (B, H, L, d), dkb and dvb (B, Hkv, L, d), and lists dkt, dvt of p tensors (B, Hkv, L, d) each, in the
+        input dtype.
     """
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
     batch, heads, length, head_dim = q.shape
-    kv_heads, n_passes = kb.shape[1], kt.shape[2]
+    kv_heads, n_passes = kb.shape[1], len(kt)
     groups = heads // kv_heads
     do = _inner_contiguous(grad_out)
+    _check_int32_spans([do])
     dq, dkb, dvb = torch.empty_like(q), torch.empty_like(kb), torch.empty_like(vb)
-    dkt, dvt = torch.empty_like(kt), torch.empty_like(vt)
+    dkt, dvt = [torch.empty_like(t) for t in kt], [torch.empty_like(t) for t in vt]
     delta = torch.empty_like(lse)
-    probs = torch.empty(batch, heads, n_passes, length, device=q.device, dtype=torch.float32)
-    dscores = torch.empty_like(probs)
-    has_mask = key_padding_mask is not None
-    mask = key_padding_mask if has_mask else lse
-    mask_stride = key_padding_mask.stride(0) if has_mask else 0
+    dq_acc = torch.empty(batch, heads, length, head_dim, device=q.device, dtype=torch.float32)
+    mask, mask_stride, has_mask = _mask_args(key_padding_mask, lse)
     flags = _kernel_flags(q.dtype)
+    buckets = _buckets(length, n_passes)
+    tables = [pointer_table(t, q.device) for t in (kt, vt, dkt, dvt)]
+
+    splits = dkv_splits(batch, kv_heads, groups, length)
+    if splits > 1:
+        dk_out = torch.empty(splits, batch, kv_heads, length, head_dim, device=q.device, dtype=torch.float32)
+        dv_out = torch.empty_like(dk_out)
+        dk_strides = dv_strides = dk_out.stride()
+    else:
+        dk_out, dv_out = dkb, dvb
+        dk_strides, dv_strides = (0, *dkb.stride()[:3]), (0, *dvb.stride()[:3])
+
+    def thought_grid(meta):
+        return triton.cdiv(length, meta["BLOCK_R"]), kv_heads, batch
+
+    def dkv_grid(meta):
+        return kv_heads * splits, triton.cdiv(length, meta["BLOCK_N"]), batch
 
     def dq_grid(meta):
         return heads, triton.cdiv(length, meta["BLOCK_M"]), batch
 
-    def dkv_grid(meta):
-        return kv_heads, triton.cdiv(length, meta["BLOCK_N"]), batch
-
-    def thought_grid(meta):
-        return triton.cdiv(n_passes, meta["BLOCK_P"]), triton.cdiv(length, meta["BLOCK_R"]), batch * kv_heads
-
     with _device_guard(q):
-        _bwd_dq_kernel[dq_grid](
-            q, kb, vb, kt, vt, mask, out, do, lse, delta, probs, dscores, dq,
+        _bwd_thought_kernel[thought_grid](
+            q, out, do, lse, delta, dq_acc, *tables,
             q.stride(0), q.stride(1), q.stride(2),
             do.stride(0), do.stride(1), do.stride(2),
-            kb.stride(0), kb.stride(1), kb.stride(2),
-            vb.stride(0), vb.stride(1), vb.stride(2),
-            kt.stride(0), kt.stride(1), kt.stride(2), kt.stride(3),
-            vt.stride(0), vt.stride(1), vt.stride(2), vt.stride(3),
-            mask_stride,
-            heads, groups, length, n_passes, scaling, scaling * LOG2E,
-            HEAD_DIM=head_dim, HAS_MASK=has_mask, **flags,
+            *layout(kt[0])[:3],
+            *layout(vt[0])[:3],
+            heads, length, n_passes, scaling, scaling * LOG2E, **buckets,
+            GROUPS=groups, HEAD_DIM=head_dim,
         )
         _bwd_dkv_kernel[dkv_grid](
-            q, kb, vb, mask, do, lse, delta, dkb, dvb,
+            q, kb, vb, mask, do, lse, delta, dq_acc, dk_out, dv_out,
             q.stride(0), q.stride(1), q.stride(2),
             do.stride(0), do.stride(1), do.stride(2),
             kb.stride(0), kb.stride(1), kb.stride(2),
             vb.stride(0), vb.stride(1), vb.stride(2),
+            *dk_strides[:4], *dv_strides[:4],
             mask_stride,
-            heads, groups, length, scaling, scaling * LOG2E,
-            HEAD_DIM=head_dim, HAS_MASK=has_mask, **flags,
+            heads, kv_heads, groups, splits, length, scaling, scaling * LOG2E, buckets["l_bucket"],
+            HEAD_DIM=head_dim, HAS_MASK=has_mask, FUSED_DQ=not deterministic, **flags,
         )
-        _bwd_thought_dkv_kernel[thought_grid](
-            q, do, probs, dscores, dkt, dvt,
-            q.stride(0), q.stride(1), q.stride(2),
-            do.stride(0), do.stride(1), do.stride(2),
-            kt.stride(0), kt.stride(1), kt.stride(2), kt.stride(3),
-            vt.stride(0), vt.stride(1), vt.stride(2), vt.stride(3),
-            heads, kv_heads, groups, length, n_passes, scaling,
-            HEAD_DIM=head_dim,
-        )
+        if splits > 1:  # fixed-order sum over the head splits: deterministic
+            dkb.copy_(dk_out.sum(0))
+            dvb.copy_(dv_out.sum(0))
+        if deterministic:
+            _bwd_dq_kernel[dq_grid](
+                q, kb, vb, mask, do, lse, delta, dq_acc, dq,
+                q.stride(0), q.stride(1), q.stride(2),
+                do.stride(0), do.stride(1), do.stride(2),
+                kb.stride(0), kb.stride(1), kb.stride(2),
+                vb.stride(0), vb.stride(1), vb.stride(2),
+                mask_stride,
+                heads, groups, length, scaling, scaling * LOG2E, buckets["l_bucket"],
+                HEAD_DIM=head_dim, HAS_MASK=has_mask, **flags,
+            )
+        else:
+            dq.copy_(dq_acc)
     return dq, dkb, dvb, dkt, dvt
 
 
 class ThoughtAttentionFunction(torch.autograd.Function):
     """Thought-pass attention with the fused Triton forward and backward.
 
-    forward(q, kb, vb, kt, vt, key_padding_mask, scaling) -> out
+    forward(q, kb, vb, key_padding_mask, scaling, *thought_kv) -> out
         q: (B, H, L, d) queries of thought pass p
         kb, vb: (B, Hkv, L, d) keys/values of the base pass (H = G * Hkv, GQA handled inside)
-        kt, vt: (B, Hkv, p, L, d) keys/values of passes 1..p
         key_padding_mask: (B, L) bool, True for real tokens, or None
         scaling: float score scale
+        thought_kv: the p thought keys kt_1..kt_p followed by the p thought values vt_1..vt_p, each (B, Hkv, L, d).
+            autograd.Function only tracks tensors passed as positional arguments, so the two lists are flattened
+            into one varargs tuple (2p tensors) and split back in half; every pass tensor gets its own gradient.
         out: (B, H, L, d); row i is softmax over {base keys j <= i, not padding} U {kt_1[i], ..., kt_p[i]} of V.
 
-    Saved for backward: the inputs, `out` and the (B, H, L) fp32 log-sum-exp; never an L x L score matrix.
-    Gradients: q, kb, vb, kt, vt (the mask and the scale get none).
+    Saved for backward: the inputs, each pass tensor once as it is, `out` and the (B, H, L) fp32 log-sum-exp;
+    never an L x L score matrix nor a stacked copy of the passes.
+    Gradients: q, kb, vb and one per pass tensor (the mask and the scale get none).
     """
 
     @staticmethod
-    def forward(ctx, q, kb, vb, kt, vt, key_padding_mask, scaling):
+    def forward(ctx, q, kb, vb, key_padding_mask, scaling, *thought_kv):
+        n_passes = len(thought_kv) // 2
+        kt, vt = thought_kv[:n_passes], thought_kv[n_passes:]
         out, lse = thought_attention_forward(q, kb, vb, kt, vt, key_padding_mask, scaling)
-        ctx.save_for_backward(q, kb, vb, kt, vt, key_padding_mask, out, lse)
+        ctx.save_for_backward(q, kb, vb, key_padding_mask, out, lse, *thought_kv)
         ctx.scaling = scaling
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, kb, vb, kt, vt, key_padding_mask, out, lse = ctx.saved_tensors
-        grads = thought_attention_backward(grad_out, q, kb, vb, kt, vt, key_padding_mask, out, lse, ctx.scaling)
-        return *grads, None, None
+        q, kb, vb, key_padding_mask, out, lse, *thought_kv = ctx.saved_tensors
+        n_passes = len(thought_kv) // 2
+        kt, vt = thought_kv[:n_passes], thought_kv[n_passes:]
+        dq, dkb, dvb, dkt, dvt = thought_attention_backward(
+            grad_out, q, kb, vb, kt, vt, key_padding_mask, out, lse, ctx.scaling
+        )
+        return dq, dkb, dvb, None, None, *dkt, *dvt
 
 
 def thought_attention(
     q: torch.Tensor,
     kb: torch.Tensor,
     vb: torch.Tensor,
-    kt: torch.Tensor,
-    vt: torch.Tensor,
+    kt: Sequence[torch.Tensor],
+    vt: Sequence[torch.Tensor],
     key_padding_mask: torch.Tensor | None = None,
     scaling: float | None = None,
 ) -> torch.Tensor:
-    """Fused thought-pass attention; returns (B, H, L, d). Shapes as in `ThoughtAttentionFunction`.
+    """Fused thought-pass attention; returns (B, H, L, d).
 
-    Inputs must share one dtype (fp16, bf16 or fp32; fp32 accumulation throughout) and live on a CUDA device,
-    or anywhere under TRITON_INTERPRET=1. Head dims 16, 32, 64 and 128 are supported; any L, p >= 1 and B.
-    Inputs whose last dim is not contiguous are copied; other layouts (e.g. (B, L, H, d) transposed views)
-    are used in place.
+    Args:
+        q: (B, H, L, d) queries of thought pass p.
+        kb, vb: (B, Hkv, L, d) base keys and values.
+        kt, vt: sequences of p tensors (B, Hkv, L, d): the keys and values of passes 1..p (pass p last), used in
+            place through a pointer table (no stacked copy). The kt tensors must share one stride set (likewise
+            the vt tensors); passes whose strides differ are made contiguous first (a copy).
+        key_padding_mask: (B, L) bool, True for real tokens, or None.
+        scaling: score scale, default d ** -0.5.
+
+    Inputs must share one dtype (fp16, bf16 or fp32; fp32 accumulation throughout; fp32 on CUDA is computed by the
+    `torch` implementation) and live on a CUDA device, or anywhere under TRITON_INTERPRET=1. Head dims 16, 32, 64
+    and 128 are supported; any L, p >= 1 and B. Inputs whose last dim is not contiguous are copied; other layouts (e.g.
+    (B, L, H, d) transposed views) are used in place. The backward is deterministic when
+    torch.use_deterministic_algorithms(True) is set; otherwise dQ is accumulated with fp32 atomics (fewer matrix
+    products, bitwise results may vary run to run).
     """
     _check_inputs(q, kb, vb, kt, vt, key_padding_mask)
     if scaling is None:
         scaling = 1.0 / math.sqrt(q.shape[-1])
-    q, kb, vb, kt, vt = (_inner_contiguous(t) for t in (q, kb, vb, kt, vt))
+    if q.dtype == torch.float32 and q.is_cuda:
+        from quietstar.attention_quietstar import torch_thought_attention
+
+        return torch_thought_attention(q, kb, vb, kt, vt, key_padding_mask, scaling).transpose(1, 2)
+    q, kb, vb = (_inner_contiguous(t) for t in (q, kb, vb))
+    kt, vt = _same_layout(kt), _same_layout(vt)
+    _check_int32_spans([q, kb, vb, kt[0], vt[0]])
     if key_padding_mask is not None:
         key_padding_mask = key_padding_mask.contiguous()
-    return ThoughtAttentionFunction.apply(q, kb, vb, kt, vt, key_padding_mask, float(scaling))
+    return ThoughtAttentionFunction.apply(q, kb, vb, key_padding_mask, float(scaling), *kt, *vt)
 
 
-__all__ = ["ThoughtAttentionFunction", "thought_attention", "thought_attention_backward", "thought_attention_forward"]
+__all__ = [
+    "ThoughtAttentionFunction",
+    "pointer_table",
+    "thought_attention",
+    "thought_attention_backward",
+    "thought_attention_forward",
+]

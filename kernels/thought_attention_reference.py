@@ -10,6 +10,8 @@ passes 1..p at the same position i (always visible). One softmax runs over all o
 The kernel computes exactly this, block by block; this file spells it out with dense L x L scores (fp32) for tests.
 """
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -17,8 +19,8 @@ def thought_attention_reference(
     q: torch.Tensor,
     kb: torch.Tensor,
     vb: torch.Tensor,
-    kt: torch.Tensor,
-    vt: torch.Tensor,
+    kt: Sequence[torch.Tensor],
+    vt: Sequence[torch.Tensor],
     key_padding_mask: torch.Tensor | None,
     scaling: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +29,7 @@ def thought_attention_reference(
     Args:
         q: (B, H, L, d) queries of the pass.
         kb, vb: (B, Hkv, L, d) base keys and values; H is a multiple of Hkv (GQA).
-        kt, vt: (B, Hkv, p, L, d) keys and values of passes 1..p.
+        kt, vt: sequences of p tensors (B, Hkv, L, d), the keys and values of passes 1..p (pass p last).
         key_padding_mask: (B, L) bool, True for real tokens, or None.
         scaling: score scale, usually d ** -0.5.
 
@@ -37,7 +39,8 @@ def thought_attention_reference(
     groups = q.shape[1] // kb.shape[1]
     qf = q.float()
     kb, vb = kb.float().repeat_interleave(groups, 1), vb.float().repeat_interleave(groups, 1)
-    kt, vt = kt.float().repeat_interleave(groups, 1), vt.float().repeat_interleave(groups, 1)
+    kt = torch.stack(list(kt), dim=2).float().repeat_interleave(groups, 1)  # (B, H, p, L, d)
+    vt = torch.stack(list(vt), dim=2).float().repeat_interleave(groups, 1)
     length = q.shape[2]
 
     base_scores = scaling * qf @ kb.transpose(-1, -2)  # (B, H, L, L)
