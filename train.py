@@ -6,11 +6,13 @@
 
 Any config field can be overridden with `--section.key=value` (see quietstar/training/config.py). The run writes
 `config.yaml`, `metrics.jsonl`, checkpoints under `checkpoints/` and the final HF model to `final/` in its output
-directory.
+directory. An output directory that already holds a run is used only with `--resume` (continue it) or `--overwrite`
+(delete it and start again).
 """
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -19,48 +21,85 @@ import yaml
 from transformers.utils import logging as hf_logging
 
 from quietstar.data import PackedTokenStream, synthetic_corpus_files
+from quietstar.file_checks import CheckpointError
 from quietstar.training.checkpoint import (
+    TrainingCheckpointError,
     export_hf,
     latest_checkpoint,
     load_checkpoint,
+    removed_on_write_error,
     replace_directory,
     save_checkpoint,
 )
-from quietstar.training.config import SYNTHETIC_SOURCE, ConfigError, config_to_dict, grad_accumulation_steps, load_config
+from quietstar.training.config import (
+    SYNTHETIC_SOURCE,
+    ConfigError,
+    JobConfig,
+    batch_layout,
+    config_to_dict,
+    load_config,
+)
 from quietstar.training.flops import peak_flops_per_device, quietstar_step_flops
-from quietstar.training.metrics import MetricsLogger, StepTimer, peak_memory_gb
+from quietstar.training.metrics import MetricsLogger, StepTimer, peak_memory_gb, truncate_metrics
 from quietstar.training.model import load_tokenizer, setup_model
 from quietstar.training.optim import build_optimizer, build_scheduler
 from quietstar.training.parallel import init_world, shutdown
+from quietstar.training.run_directory import RunDirectoryError, check_output_dir, clear_generated_corpus, clear_run
 from quietstar.training.step import train_step
 
 logger = logging.getLogger("quietstar.train")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+# Errors in what the user asked for (config, command line, output directory, data, a checkpoint, a full disk):
+# reported as one line by rank 0, without a traceback.
+USER_ERRORS = (ConfigError, RunDirectoryError, TrainingCheckpointError, CheckpointError)
 
 
-def parse_args(argv: list[str] | None):
+def parse_args(argv: list[str] | None) -> tuple[JobConfig, bool]:
+    """(config, overwrite) from the command line; raises `ConfigError` for an invalid config or argument."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/tiny.yaml)")
     parser.add_argument("--output-dir", help="output directory (overrides output_dir)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the output directory from its latest complete checkpoint (from step 0 when it "
+        "has none); same as checkpoint.resume=true",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in the output directory: once the new run is set up, its config.yaml, metrics.jsonl, "
+        "checkpoints/, final/ and wandb/ are deleted (other files are kept) and the generated corpus is rewritten",
+    )
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
         if not item.startswith("--") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r}: overrides look like --section.key=value")
+            raise ConfigError(f"unrecognised argument {item!r}: overrides look like --section.key=value")
         overrides.append(item[2:])
     if args.output_dir is not None:
         overrides.append(f"output_dir={args.output_dir}")
     if args.resume:
         overrides.append("checkpoint.resume=true")
-    try:
-        return load_config(args.config, overrides)
-    except ConfigError as error:
-        parser.error(str(error))
+    return load_config(args.config, overrides), args.overwrite
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv)
+    """Check the command line, the config and the output directory, then train; a user error ends the process
+    with one line from rank 0 (under torchrun every rank finds the same error) and exit status 1."""
+    try:
+        config, overwrite = parse_args(argv)
+        batch_layout(config.train, int(os.environ.get("WORLD_SIZE", 1)))
+        check_output_dir(config.output_dir, resume=config.checkpoint.resume, overwrite=overwrite)
+        run(config, overwrite)
+    except USER_ERRORS as error:
+        if int(os.environ.get("RANK", 0)) == 0:
+            sys.exit(f"train.py: error: {error}")
+        sys.exit(1)
+
+
+def run(config: JobConfig, overwrite: bool) -> None:
+    """Train as `config` says in `config.output_dir`, already checked by `check_output_dir`."""
     world = init_world(config.train.device)
     logging.basicConfig(
         level=logging.INFO if world.is_main else logging.WARNING,
@@ -68,17 +107,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     hf_logging.disable_progress_bar()
     output_dir = Path(config.output_dir)
+    uses_synthetic = any(source.path == SYNTHETIC_SOURCE for source in config.data.sources)
     if world.is_main:
+        if overwrite and uses_synthetic and config.data.synthetic.directory is None:
+            clear_generated_corpus(output_dir)  # regenerated below, with this run's settings
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    world.barrier()
     train = config.train
-    n_micro = grad_accumulation_steps(train, world.world_size)
-    logger.info("%d rank(s) on %s, %d micro-batch(es) of %d per step", world.world_size, world.device, n_micro, train.micro_batch_size)
+    micro_batch_size, n_micro = batch_layout(train, world.world_size)
+    logger.info(
+        "%d rank(s) on %s, %d micro-batch(es) of %d per step", world.world_size, world.device, n_micro, micro_batch_size
+    )
 
     # Data: the generated corpus is written once (by rank 0) and then read like any local dataset.
     tokenizer = load_tokenizer(config.model)
     synthetic_files = None
-    if any(source.path == SYNTHETIC_SOURCE for source in config.data.sources):
+    if uses_synthetic:
         if world.is_main:
             synthetic_corpus_files(config.data, output_dir)
         world.barrier()
@@ -105,6 +149,18 @@ def main(argv: list[str] | None = None) -> None:
         step, data_state = load_checkpoint(checkpoint, model, optimizer, scheduler, world)
         data.load_state_dict(data_state)
         logger.info("resumed from %s at step %d", checkpoint, step)
+    # Only now, with everything set up, does the run touch its files: a start that fails leaves them as they were.
+    if world.is_main:
+        if overwrite:
+            deleted = clear_run(output_dir)
+            if deleted:
+                logger.info("--overwrite: deleted %s from %s", ", ".join(deleted), output_dir)
+        if config.checkpoint.resume:
+            dropped = truncate_metrics(output_dir / "metrics.jsonl", step)
+            if dropped:
+                logger.info("dropped %d record(s) past step %d from metrics.jsonl", dropped, step)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    world.barrier()
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         "model: %.1fM parameters; thoughts of %d tokens, %d look-ahead tokens, %d thoughts per position",
@@ -122,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     saved_step = step if checkpoint is not None else None
     timer = StepTimer()
     while step < train.max_steps:
-        micro_batches = [data.next_batch(train.micro_batch_size) for _ in range(n_micro)]
+        micro_batches = [data.next_batch(micro_batch_size) for _ in range(n_micro)]
         metrics = train_step(
             model,
             optimizer,
@@ -154,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     final, tmp_final = output_dir / "final", output_dir / ".tmp-final"
     if world.is_main:
         shutil.rmtree(tmp_final, ignore_errors=True)
-    export_hf(model, tokenizer, tmp_final, world, config.checkpoint.export_dtype)
+    with removed_on_write_error(tmp_final, final, world):
+        export_hf(model, tokenizer, tmp_final, world, config.checkpoint.export_dtype)
     if world.is_main:
         replace_directory(tmp_final, final)
         logger.info("wrote %s", final)

@@ -22,20 +22,27 @@ What the conversion does:
   off (the reference's 4096-token window only matters for longer sequences), the meta-token ids and
   `n_thought_tokens` (not stored by the reference: the released "8-ahead" model is the original code's
   `n_ahead = 8`, i.e. `n_thought_tokens = 7`: start, 5 sampled tokens, end).
-- Tokenizer: the meta tokens keep their ids and are renamed to quietstar's `<|startofthought|>` and
+- Tokenizer: the source's `tokenizer.json`; without one, its SentencePiece `tokenizer.model` (read so that the
+  leading-space marker is kept: "Let" is 3169 as in Mistral, not 8779); without either (the original training script
+  saves no tokenizer), the bundled Mistral 7B v0.1 tokenizer with the meta tokens added at 32000 and 32001, as the
+  reference added them. The meta tokens keep their ids and are renamed to quietstar's `<|startofthought|>` and
   `<|endofthought|>`, so quietstar code (which looks the tokens up by name) finds them. The old names are no
-  longer tokens of the converted tokenizer. A missing pad token is set to EOS, as quietstar's tokenizer does.
+  longer tokens of the converted tokenizer. A missing pad token is set to EOS, as quietstar's tokenizer does. The
+  converted tokenizer must encode a probe text to the same ids as the bundled Mistral tokenizer, or the conversion
+  is refused.
 - Generation config: suppresses the two meta tokens.
 
-The result is written to a temporary directory next to DST and renamed to DST at the end, so a failure leaves
-nothing at DST. Usage: `python -m quietstar.convert_reference SRC DST [--n-thought-tokens 7] [--overwrite]`.
+The result is written to a temporary directory next to DST (created with the usual permissions, umask applied)
+and renamed to DST at the end, so a failure leaves nothing at DST.
+
+Usage: `python -m quietstar.convert_reference SRC DST [--n-thought-tokens 7] [--overwrite]`.
 """
 
 import argparse
 import json
 import logging
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -43,8 +50,10 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from .configuration_quietstar import QuietStarConfig
+from .file_checks import CheckpointError, check_safetensors_file
 from .meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT
 from .modeling_quietstar import QuietStarForCausalLM
+from .tokenizer import forget_load_options, load_mistral_tokenizer, load_sentencepiece_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +61,9 @@ REFERENCE_START_OF_THOUGHT = "<|startthought|>"
 REFERENCE_END_OF_THOUGHT = "<|endthought|>"
 # The reference multiplies start/end_embedding[0] by this hard-coded constant (its `embedding_scale`).
 REFERENCE_EMBEDDING_SCALE = 100.0
+# Encoded by the converted tokenizer and by the bundled Mistral tokenizer: the ids must agree. It starts with a word
+# (the leading-space marker) and has digits, a newline, a tab, a double space and non-ASCII (byte fallback).
+TOKENIZER_PROBE_TEXT = "Let x = 12.\nThen  2x + 1 = 25,\tso x is 12 (checked: naïve → 🙂)."
 
 # Head flags of the reference config and the values of the layout this converter supports (the paper's model).
 # A missing flag means the reference's default, which is the supported value.
@@ -122,10 +134,12 @@ def convert_reference_checkpoint(
     model.generation_config = _generation_config(src, config)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.converting-", dir=dst.parent))
+    staging = dst.parent / f".{dst.name}.converting-{secrets.token_hex(4)}"
+    staging.mkdir()  # mode 0o777 minus the umask, like any new directory (mkdtemp would give 0o700)
     try:
         model.save_pretrained(staging)
-        _save_renamed_tokenizer(tokenizer, staging, meta_ids)
+        converted_tokenizer = _save_renamed_tokenizer(tokenizer, staging, meta_ids)
+        _check_token_ids(converted_tokenizer, src)
         _replace_directory(staging, dst)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -204,6 +218,10 @@ def _read_tensors(src: Path) -> dict[str, torch.Tensor]:
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     logger.info("reading %s", path)
+    try:
+        check_safetensors_file(path)
+    except CheckpointError as error:
+        raise ReferenceCheckpointError(str(error)) from None
     return load_file(path)
 
 
@@ -263,11 +281,31 @@ def _abbreviate(items: list[str], limit: int = 10) -> str:
 
 
 def _load_tokenizer(src: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer saved with the reference checkpoint."""
+    """The tokenizer saved with the reference checkpoint, or the bundled Mistral one with the reference's meta tokens.
+
+    `tokenizer.json` is loaded as saved. A bare `tokenizer.model` is read with `LlamaTokenizer`: `AutoTokenizer`
+    would pick a generic backend for the Mistral config beside it that drops SentencePiece's leading-space marker
+    ("Let" -> 8779 instead of 3169).
+    """
     try:
-        return AutoTokenizer.from_pretrained(src)
+        if (src / "tokenizer.json").is_file():
+            return forget_load_options(AutoTokenizer.from_pretrained(src))
+        if (src / "tokenizer.model").is_file():
+            logger.info("%s has no tokenizer.json: reading its SentencePiece tokenizer.model", src)
+            return load_sentencepiece_tokenizer(src)
     except (OSError, ValueError) as error:
-        raise ReferenceCheckpointError(f"cannot load the tokenizer of {src}: {error}") from error
+        reason = " ".join(str(error).split())  # one line
+        raise ReferenceCheckpointError(f"cannot load the tokenizer of {src}: {reason}") from error
+    logger.warning(
+        "%s has no tokenizer files (tokenizer.json or tokenizer.model): using the bundled Mistral 7B v0.1 tokenizer "
+        "with %s and %s added at ids 32000 and 32001, as the reference's training added them",
+        src,
+        REFERENCE_START_OF_THOUGHT,
+        REFERENCE_END_OF_THOUGHT,
+    )
+    tokenizer = load_mistral_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [REFERENCE_START_OF_THOUGHT, REFERENCE_END_OF_THOUGHT]})
+    return tokenizer
 
 
 def _reference_meta_token_ids(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> tuple[int, int]:
@@ -284,8 +322,11 @@ def _reference_meta_token_ids(tokenizer: PreTrainedTokenizerBase, vocab_size: in
     return ids
 
 
-def _save_renamed_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: Path, meta_ids: tuple[int, int]) -> None:
-    """Save `tokenizer` with the reference's meta tokens renamed to quietstar's, keeping their ids; verify it."""
+def _save_renamed_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, directory: Path, meta_ids: tuple[int, int]
+) -> PreTrainedTokenizerBase:
+    """Save `tokenizer` with the reference's meta tokens renamed to quietstar's, keeping their ids; verify it and
+    return the tokenizer as loaded back from `directory`."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     saved = tokenizer.save_pretrained(directory)
@@ -303,6 +344,24 @@ def _save_renamed_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: Path,
             f"renaming the meta tokens failed: {START_OF_THOUGHT}/{END_OF_THOUGHT} have ids {got}, expected "
             f"{meta_ids}, and the old names must be gone (still present: {[old for old in renames if old in vocab]})"
         )
+    return renamed
+
+
+def _check_token_ids(tokenizer: PreTrainedTokenizerBase, src: Path) -> None:
+    """Refuse a converted tokenizer that does not encode `TOKENIZER_PROBE_TEXT` to Mistral 7B v0.1's ids."""
+    mistral = load_mistral_tokenizer()
+    got, expected = tokenizer(TOKENIZER_PROBE_TEXT).input_ids, mistral(TOKENIZER_PROBE_TEXT).input_ids
+    if got == expected:
+        return
+    k = next((k for k, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+
+    def describe(ids: list[int], vocabulary: PreTrainedTokenizerBase) -> str:
+        return f"{ids[k]} ({vocabulary.convert_ids_to_tokens(ids[k])!r})" if k < len(ids) else "the end"
+
+    raise ReferenceCheckpointError(
+        f"the tokenizer of {src} does not give Mistral 7B v0.1's token ids, which the model's embeddings expect: "
+        f"token {k} of {TOKENIZER_PROBE_TEXT!r} is {describe(got, tokenizer)} instead of {describe(expected, mistral)}"
+    )
 
 
 def _rename_strings(value, renames: dict[str, str]):

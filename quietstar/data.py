@@ -5,24 +5,35 @@ jsonl/parquet/text files (tests and the offline default): every source is opened
 `datasets.load_dataset(..., streaming=True)`, sources are mixed with `interleave_datasets(probabilities=...)`, ranks get
 disjoint parts with `split_dataset_by_node`, and documents are packed as `BOS doc EOS BOS doc EOS ...` into rows of
 exactly `seq_len` tokens. `PackedTokenStream.state_dict()` holds the stream position (the `datasets` state plus the
-packing buffer and epoch), so a resumed run continues with the same next batch.
+packing buffer and epoch), so a resumed run continues with the same next batch. A source that cannot be read or
+yields no text raises `DataSourceError` (a `ConfigError`) naming `data.sources.<i>`, the file and, for a bad file,
+the line (JSON Lines) or byte offset (invalid UTF-8).
 """
 
 import glob
 import logging
+import os
 from pathlib import Path
+from typing import NoReturn
 
+import pyarrow.parquet as pq
 import torch
 from datasets import IterableDataset, interleave_datasets, load_dataset
 from datasets.distributed import split_dataset_by_node
 from transformers import PreTrainedTokenizerBase
 
+from .file_checks import text_file_problem
 from .synthetic import write_synthetic_corpus
-from .training.config import SYNTHETIC_SOURCE, DataConfig, DataSourceConfig
+from .training.config import SYNTHETIC_SOURCE, ConfigError, DataConfig, DataSourceConfig
 
 logger = logging.getLogger(__name__)
 
 _LOCAL_BUILDERS = ("json", "parquet", "text", "csv", "arrow")
+_TEXT_BUILDERS = ("json", "text", "csv")  # builders whose files must be UTF-8 text
+
+
+class DataSourceError(ConfigError):
+    """A data source that cannot be read or yields no text; the message names `data.sources.<i>` and the file."""
 
 
 def synthetic_corpus_files(config: DataConfig, output_dir: str | Path) -> list[str]:
@@ -32,8 +43,63 @@ def synthetic_corpus_files(config: DataConfig, output_dir: str | Path) -> list[s
     return write_synthetic_corpus(directory, synthetic.n_documents, synthetic.n_shards, synthetic.seed)
 
 
+def _label(source: DataSourceConfig, where: str) -> str:
+    """`data.sources.0 ('json', data/*.jsonl)`: the source's config key, builder or hub id, and its files."""
+    files = source.data_files
+    shown = [repr(source.path)]
+    if files:
+        shown.append(files if isinstance(files, str) else ", ".join(files))
+    return f"{where} ({', '.join(shown)})"
+
+
+def _local_files(source: DataSourceConfig, synthetic_files: list[str] | None) -> tuple[str, list[str]]:
+    """(builder, the local files it reads); no files for hub datasets."""
+    if source.path == SYNTHETIC_SOURCE:
+        return "json", list(synthetic_files or [])
+    if source.path not in _LOCAL_BUILDERS or source.data_files is None:
+        return source.path, []
+    patterns = [source.data_files] if isinstance(source.data_files, str) else source.data_files
+    return source.path, sorted({file for pattern in patterns for file in glob.glob(pattern)})
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _holds_no_rows(file: str, builder: str) -> bool:
+    """Whether `file` is empty: no bytes, or a parquet file of 0 rows (read from its footer)."""
+    if os.path.getsize(file) == 0:
+        return True
+    return builder == "parquet" and pq.ParquetFile(file).metadata.num_rows == 0
+
+
+def _raise_naming_the_source(error: Exception, config: DataConfig, synthetic_files: list[str] | None) -> NoReturn:
+    """Re-raise `error`, from reading the mixed stream, as a `DataSourceError` naming the source if one is at fault."""
+    problem = diagnose_sources(config, synthetic_files)
+    if problem is None:
+        raise error
+    raise DataSourceError(problem) from error
+
+
+def _file_problem(source: DataSourceConfig, where: str, synthetic_files: list[str] | None) -> str | None:
+    """`"<label>: FILE line N is not valid JSON: ..."` (or invalid UTF-8 at a byte) for the source's first bad file."""
+    builder, files = _local_files(source, synthetic_files)
+    if builder not in _TEXT_BUILDERS:
+        return None
+    for file in files:
+        problem = text_file_problem(file, json_lines=builder == "json")
+        if problem is not None:
+            return f"{_label(source, where)}: {problem}"
+    return None
+
+
 def open_source(source: DataSourceConfig, where: str, synthetic_files: list[str] | None = None) -> IterableDataset:
-    """Stream one source as an `IterableDataset` with a single `text` column. `where` names it in errors."""
+    """Stream one source as an `IterableDataset` with a single `text` column. `where` names it in errors.
+
+    Raises `DataSourceError` (a `ConfigError`) naming `where` and the file when the source has no files, only empty
+    files, a file that is not UTF-8 or JSON Lines as its builder needs, or cannot be opened.
+    """
     path, data_files = source.path, source.data_files
     if path == SYNTHETIC_SOURCE:
         if not synthetic_files:
@@ -41,22 +107,53 @@ def open_source(source: DataSourceConfig, where: str, synthetic_files: list[str]
         path, data_files = "json", synthetic_files
     if path in _LOCAL_BUILDERS:
         if data_files is None:
-            raise ValueError(f"{where}.data_files must name the local files to read with the {path!r} builder")
+            raise DataSourceError(f"{where}.data_files must name the local files to read with the {path!r} builder")
         patterns = [data_files] if isinstance(data_files, str) else data_files
         missing = [p for p in patterns if not glob.glob(p) and "://" not in p]
         if missing:
-            raise FileNotFoundError(f"{where}.data_files: no file matches {missing}")
+            raise DataSourceError(f"{where}.data_files: no file matches {missing}")
+        builder, files = _local_files(source, synthetic_files)
+        if files and all(_holds_no_rows(file, builder) for file in files):
+            empty = f"{files[0]} is" if len(files) == 1 else f"all {len(files)} files are"
+            raise DataSourceError(f"{_label(source, where)} yields no text: {empty} empty")
     try:
         dataset = load_dataset(path, source.name, data_files=data_files, split=source.split, streaming=True)
-    except Exception as error:
-        raise type(error)(f"{where} ({source.path!r}): {error}") from error
+    except (OSError, ValueError, StopIteration) as error:
+        problem = _file_problem(source, where, synthetic_files)
+        if problem is None and isinstance(error, StopIteration):  # the json builder found no row to read columns from
+            problem = f"{_label(source, where)} yields no text"
+        raise DataSourceError(problem or f"{_label(source, where)}: {_first_line(error)}") from error
     columns = dataset.column_names
+    if columns == []:  # the json builder found rows of nothing (blank lines)
+        raise DataSourceError(f"{_label(source, where)} yields no text")
     if columns is not None and source.text_field not in columns:
-        raise ValueError(f"{where}.text_field: column {source.text_field!r} not in {columns}")
+        raise DataSourceError(f"{where}.text_field: column {source.text_field!r} not in {columns}")
     dataset = dataset.select_columns([source.text_field])
     if source.text_field != "text":
         dataset = dataset.rename_column(source.text_field, "text")
     return dataset
+
+
+def diagnose_sources(config: DataConfig, synthetic_files: list[str] | None = None) -> str | None:
+    """Find the source behind a failed or empty stream: one line naming it and the file, or None if all read.
+
+    Each source is checked alone, in config order: its files (UTF-8, JSON Lines), then whether it opens and yields
+    a first document. Meant for the error path: it reads local text files to the first problem.
+    """
+    for i, source in enumerate(config.sources):
+        where = f"data.sources.{i}"
+        problem = _file_problem(source, where, synthetic_files)
+        if problem is not None:
+            return problem
+        try:
+            first = next(iter(open_source(source, where, synthetic_files)), None)
+        except DataSourceError as error:
+            return str(error)
+        except Exception as error:  # any failure of this source alone names it
+            return f"{_label(source, where)}: {_first_line(error)}"
+        if first is None:
+            return f"{_label(source, where)} yields no text"
+    return None
 
 
 def mixed_documents(
@@ -82,12 +179,15 @@ def mixed_documents(
         dataset = sources[0]
     else:
         total = sum(source.probability for source in config.sources)
-        dataset = interleave_datasets(
-            sources,
-            probabilities=[source.probability / total for source in config.sources],
-            seed=seed,
-            stopping_strategy="all_exhausted",
-        )
+        try:  # resolving the columns of the mix reads a first example of every source
+            dataset = interleave_datasets(
+                sources,
+                probabilities=[source.probability / total for source in config.sources],
+                seed=seed,
+                stopping_strategy="all_exhausted",
+            )
+        except Exception as error:
+            _raise_naming_the_source(error, config, synthetic_files)
     if config.shuffle_buffer:
         dataset = dataset.shuffle(seed=seed, buffer_size=config.shuffle_buffer)
     if world_size > 1:
@@ -134,11 +234,19 @@ class PackedTokenStream:
         for _ in range(2):
             if self._iterator is None:
                 self._iterator = iter(self._dataset)
-            example = next(self._iterator, None)
+            try:
+                example = next(self._iterator, None)
+            except Exception as error:
+                _raise_naming_the_source(error, self.config, self._open_kwargs["synthetic_files"])
             if example is not None:
                 return example["text"]
             self._start_epoch(self.epoch + 1)
-        raise ValueError("the data stream of this rank is empty (check data.sources and the world size)")
+        problem = diagnose_sources(self.config, self._open_kwargs["synthetic_files"])
+        raise DataSourceError(
+            problem
+            or f"the data stream of rank {self._open_kwargs['rank']} of {self._open_kwargs['world_size']} is empty: "
+            "data.sources hold fewer documents (or shards) than there are ranks"
+        )
 
     def next_batch(self, batch_size: int) -> torch.LongTensor:
         """(batch_size, seq_len) token ids."""
@@ -164,4 +272,11 @@ class PackedTokenStream:
         self._iterator = None
 
 
-__all__ = ["PackedTokenStream", "mixed_documents", "open_source", "synthetic_corpus_files"]
+__all__ = [
+    "DataSourceError",
+    "PackedTokenStream",
+    "diagnose_sources",
+    "mixed_documents",
+    "open_source",
+    "synthetic_corpus_files",
+]

@@ -8,7 +8,12 @@ converted model's.
 """
 
 import json
+import logging
+import os
+import re
 import shutil
+import stat
+from importlib.resources import files
 
 import pytest
 import torch
@@ -166,7 +171,8 @@ def test_converted_logits_match_reference_equations(tmp_path, reference_tensors,
 
     assert expected_weights.abs().min() > 1e-3, "the mixing weight must matter for this test to mean anything"
     torch.testing.assert_close(output.mean_mixing_weight, expected_weights.mean(), rtol=0, atol=1e-5)
-    torch.testing.assert_close(output.logits, expected_logits, rtol=0, atol=2e-5)
+    # Thinking mode masks the meta tokens (the last two ids) out of the returned logits; the rest is the reference's.
+    torch.testing.assert_close(output.logits[..., :START_ID], expected_logits[..., :START_ID], rtol=0, atol=2e-5)
 
 
 def test_converted_checkpoint_contents(tmp_path, reference_tensors, reference_tokenizer_dir):
@@ -291,3 +297,102 @@ def test_existing_destination(tmp_path, reference_tensors, reference_tokenizer_d
     convert_reference_checkpoint(src, dst, overwrite=True)
     assert not (dst / "stale.txt").exists() and (dst / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "reference"]
+
+
+# The tokenizer_config.json that transformers 4.37 (the reference's version) writes beside a bare tokenizer.model.
+SENTENCEPIECE_TOKENIZER_CONFIG = {
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "added_tokens_decoder": {
+        str(i): {"content": token, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+        for i, token in ((0, "<unk>"), (1, "<s>"), (2, "</s>"), (START_ID, "<|startthought|>"), (END_ID, "<|endthought|>"))
+    },
+    "additional_special_tokens": ["<|startthought|>", "<|endthought|>"],
+    "bos_token": "<s>",
+    "clean_up_tokenization_spaces": False,
+    "eos_token": "</s>",
+    "legacy": True,
+    "pad_token": None,
+    "sp_model_kwargs": {},
+    "tokenizer_class": "LlamaTokenizer",
+    "unk_token": "<unk>",
+}
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizer_dir(tmp_path_factory):
+    """Only SentencePiece files: tokenizer.model, tokenizer_config.json and special_tokens_map.json (no tokenizer.json)."""
+    directory = tmp_path_factory.mktemp("sentencepiece_tokenizer")
+    shutil.copy(files("quietstar") / "assets" / "mistral_tokenizer" / "tokenizer.model", directory / "tokenizer.model")
+    (directory / "tokenizer_config.json").write_text(json.dumps(SENTENCEPIECE_TOKENIZER_CONFIG))
+    special = {"additional_special_tokens": ["<|startthought|>", "<|endthought|>"], "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special))
+    return directory
+
+
+def assert_mistral_ids_and_meta_tokens(dst):
+    tokenizer = AutoTokenizer.from_pretrained(dst)
+    expected = load_mistral_tokenizer()
+    text = "Let x = 3.\nThen 2x = 6, naïve 🙂"
+    assert tokenizer(text).input_ids == expected(text).input_ids
+    assert tokenizer("Let").input_ids == [1, 3169]
+    assert tokenizer.convert_tokens_to_ids([START_OF_THOUGHT, END_OF_THOUGHT]) == [START_ID, END_ID]
+    assert tokenizer.pad_token == tokenizer.eos_token
+    assert "local_files_only" not in json.loads((dst / "tokenizer_config.json").read_text())
+
+
+def test_sentencepiece_only_tokenizer_keeps_mistral_ids(tmp_path, reference_tensors, sentencepiece_tokenizer_dir):
+    src = write_reference_checkpoint(tmp_path / "reference", reference_tensors, sentencepiece_tokenizer_dir)
+    assert not (src / "tokenizer.json").exists()
+    dst = convert_reference_checkpoint(src, tmp_path / "converted")
+    assert_mistral_ids_and_meta_tokens(dst)
+
+
+def test_tokenizer_with_other_ids_is_refused(tmp_path, reference_tensors, sentencepiece_tokenizer_dir, monkeypatch):
+    """What plain AutoTokenizer makes of a bare tokenizer.model beside a Mistral config ("Let" -> 8779) is refused."""
+    src = write_reference_checkpoint(tmp_path / "reference", reference_tensors, sentencepiece_tokenizer_dir)
+    monkeypatch.setattr(convert_module, "load_sentencepiece_tokenizer", AutoTokenizer.from_pretrained)
+    with pytest.raises(ReferenceCheckpointError) as error:
+        convert_reference_checkpoint(src, tmp_path / "converted")
+    assert f"the tokenizer of {src} does not give Mistral 7B v0.1's token ids" in str(error.value)
+    assert "token 1 of 'Let x = 12." in str(error.value)
+    assert str(error.value).endswith("is 8779 ('Let') instead of 3169 ('▁Let')")
+    assert_nothing_written(tmp_path)
+
+
+def test_source_without_tokenizer_uses_the_bundled_one(tmp_path, reference_tensors, caplog):
+    empty = tmp_path / "no_tokenizer"
+    empty.mkdir()
+    src = write_reference_checkpoint(tmp_path / "reference", reference_tensors, empty)
+    shutil.rmtree(empty)
+    with caplog.at_level(logging.WARNING, logger="quietstar.convert_reference"):
+        dst = convert_reference_checkpoint(src, tmp_path / "converted")
+    assert any(
+        "has no tokenizer files" in record.getMessage() and "bundled Mistral 7B v0.1 tokenizer" in record.getMessage()
+        for record in caplog.records
+    )
+    assert_mistral_ids_and_meta_tokens(dst)
+    model = AutoModelForCausalLM.from_pretrained(dst)
+    assert (model.config.start_thought_token_id, model.config.end_thought_token_id) == (START_ID, END_ID)
+
+
+def test_destination_gets_the_usual_permissions(tmp_path, reference_tensors, reference_tokenizer_dir):
+    src = write_reference_checkpoint(tmp_path / "reference", reference_tensors, reference_tokenizer_dir)
+    previous = os.umask(0o022)
+    try:
+        dst = convert_reference_checkpoint(src, tmp_path / "converted")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o755
+    assert stat.S_IMODE((dst / "config.json").stat().st_mode) == 0o644
+
+
+def test_truncated_weights_are_named(tmp_path, reference_tensors, reference_tokenizer_dir):
+    src = write_reference_checkpoint(tmp_path / "reference", reference_tensors, reference_tokenizer_dir)
+    weights = src / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as file:
+        file.truncate(size - 100)
+    with pytest.raises(ReferenceCheckpointError, match=rf"^{re.escape(str(weights))} is truncated: .* the file has {size - 100}$"):
+        convert_reference_checkpoint(src, tmp_path / "converted")
+    assert_nothing_written(tmp_path)

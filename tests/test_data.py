@@ -1,13 +1,21 @@
 """The training data stream: synthetic corpus, local sources, mixing, rank split, packing, resume, errors."""
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from quietstar.data import PackedTokenStream, mixed_documents, synthetic_corpus_files
+from quietstar.data import DataSourceError, PackedTokenStream, mixed_documents, synthetic_corpus_files
 from quietstar.synthetic import write_synthetic_corpus
-from quietstar.training.config import DataConfig, DataSourceConfig, SyntheticCorpusConfig
+from quietstar.training.config import ConfigError, DataConfig, DataSourceConfig, SyntheticCorpusConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _write_jsonl(path, texts):
@@ -92,14 +100,87 @@ def test_synthetic_source_reads_generated_files(tmp_path, mistral_tokenizer):
 
 def test_missing_files_and_columns_give_clear_errors(tmp_path, mistral_tokenizer):
     missing = DataConfig(sources=[DataSourceConfig(path="json", data_files=str(tmp_path / "nope" / "*.jsonl"))])
-    with pytest.raises(FileNotFoundError, match=r"data\.sources\.0\.data_files: no file matches"):
+    with pytest.raises(DataSourceError, match=r"^data\.sources\.0\.data_files: no file matches \[.*nope"):
         PackedTokenStream(missing, mistral_tokenizer)
     no_files = DataConfig(sources=[DataSourceConfig(path="parquet")])
-    with pytest.raises(ValueError, match=r"data\.sources\.0\.data_files must name the local files"):
+    with pytest.raises(DataSourceError, match=r"data\.sources\.0\.data_files must name the local files"):
         PackedTokenStream(no_files, mistral_tokenizer)
     _write_jsonl(tmp_path / "x.jsonl", ["hello"])
     wrong_column = DataConfig(
         sources=[DataSourceConfig(path="json", data_files=str(tmp_path / "x.jsonl"), text_field="content")]
     )
-    with pytest.raises(ValueError, match=r"data\.sources\.0\.text_field: column 'content'"):
+    with pytest.raises(DataSourceError, match=r"data\.sources\.0\.text_field: column 'content'"):
         PackedTokenStream(wrong_column, mistral_tokenizer)
+    assert issubclass(DataSourceError, ConfigError)  # train.py reports config errors as one line
+
+
+def _stream_error(sources, tokenizer) -> str:
+    """The one-line message of the `DataSourceError` raised while opening `sources` or reading their first rows."""
+    with pytest.raises(DataSourceError) as error:
+        PackedTokenStream(DataConfig(sources=sources, seq_len=8), tokenizer).next_batch(4)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["alone", "mixed"])
+def test_empty_sources_are_named(tmp_path, mistral_tokenizer, mixed):
+    _write_jsonl(tmp_path / "good.jsonl", ["one two", "three four"])
+    good = [DataSourceConfig(path="json", data_files=str(tmp_path / "good.jsonl"))] if mixed else []
+    where = f"data.sources.{len(good)}"
+    empty_json = tmp_path / "empty.jsonl"
+    empty_json.write_text("")
+    message = _stream_error([*good, DataSourceConfig(path="json", data_files=str(empty_json))], mistral_tokenizer)
+    assert message.startswith(f"{where} ('json', {empty_json}) yields no text")
+
+    zero_rows = tmp_path / "zero.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), zero_rows)
+    message = _stream_error([*good, DataSourceConfig(path="parquet", data_files=str(zero_rows))], mistral_tokenizer)
+    assert message.startswith(f"{where} ('parquet', {zero_rows}) yields no text")
+
+    # Not empty on disk, but no line holds a document: found only by reading the source.
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n")
+    message = _stream_error([*good, DataSourceConfig(path="json", data_files=str(blank))], mistral_tokenizer)
+    assert message == f"{where} ('json', {blank}) yields no text"
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["alone", "mixed"])
+def test_invalid_json_line_names_file_and_line(tmp_path, mistral_tokenizer, mixed):
+    _write_jsonl(tmp_path / "good.jsonl", ["one two", "three four"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n\n{"text": "also fine"}\n{"text": oops}\n{"text": "never read"}\n')
+    good = [DataSourceConfig(path="json", data_files=str(tmp_path / "good.jsonl"))] if mixed else []
+    # The bad file comes second within its source, so the error surfaces while streaming, not while opening.
+    source = DataSourceConfig(path="json", data_files=[str(tmp_path / "good.jsonl"), str(bad)])
+    message = _stream_error([*good, source], mistral_tokenizer)
+    assert message.startswith(f"data.sources.{len(good)} ('json', ")
+    assert message.endswith(f"{bad} line 4 is not valid JSON: Expecting value (column 10)")
+
+
+@pytest.mark.parametrize("builder", ["text", "json"])
+def test_invalid_utf8_names_file_and_byte_offset(tmp_path, mistral_tokenizer, builder):
+    bad = tmp_path / f"bad.{'txt' if builder == 'text' else 'jsonl'}"
+    prefix = "first line\nsecond, with é\n".encode() if builder == "text" else '{"text": "é"}\n'.encode()
+    bad.write_bytes(prefix + b'{"text": "\xff"}\n' if builder == "json" else prefix + b"third \xff\n")
+    offset = len(prefix) + (len('{"text": "') if builder == "json" else len("third "))
+    message = _stream_error([DataSourceConfig(path=builder, data_files=str(bad))], mistral_tokenizer)
+    assert message == f"data.sources.0 ({builder!r}, {bad}): {bad} is not valid UTF-8 (byte {offset})"
+
+
+def test_train_py_reports_a_bad_data_file_in_one_line(tmp_path):
+    """A data error reaches the user of train.py as one line (no traceback), naming the source, file and line."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "one"}\n{"text": "two"\n')
+    command = [
+        sys.executable, str(REPO / "train.py"), "--output-dir", str(tmp_path / "run"),
+        "--data.sources.0.path=json", f"--data.sources.0.data_files={bad}",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"train.py: error: data.sources.0 ('json', {bad}): {bad} line 2 is not valid JSON: "
+        "Expecting ',' delimiter (column 15)"
+    )

@@ -1,6 +1,7 @@
 """`quietstar.eval`: the paper's whitelist metric (checked against the reference's algorithm), data and CLI."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,7 +9,10 @@ from tiny_checkpoint import save_tiny_checkpoint
 
 from quietstar.eval import EvalSettings, evaluate_task, load_examples, score_examples, whitelist_token_ids
 from quietstar.eval.__main__ import main as eval_main
-from quietstar.eval.checkpoint import load_checkpoint
+from quietstar.eval.__main__ import parse_args
+from quietstar.eval.checkpoint import load_checkpoint, resolve_checkpoint
+from quietstar.eval.scoring import EvalDataError
+from quietstar.file_checks import CheckpointError
 
 GSM8K_ROWS = [
     {"question": "Tom has 3 apples and buys 4 more. How many apples does he have?", "answer": "3 + 4 = 7\n#### 7"},
@@ -59,7 +63,7 @@ def test_prompts_follow_the_paper(fixtures):
     ]
     with pytest.raises(ValueError, match="unknown task"):
         load_examples("mmlu", str(files["csqa"]))
-    with pytest.raises(ValueError, match="lacks the field"):
+    with pytest.raises(EvalDataError, match=r"lacks the field\(s\) \['answer'\]; a gsm8k file needs \"question\""):
         load_examples("gsm8k", str(files["csqa"]))
 
 
@@ -120,14 +124,94 @@ def test_cli_writes_results_with_config_and_checkpoint(fixtures, tmp_path, capsy
         "--output", str(output),
     ])
     report = json.loads(output.read_text())
-    assert report["checkpoint"] == str(checkpoint)
+    assert report["checkpoint"] == str(checkpoint.resolve())
     assert report["model_config"]["model_type"] == "quietstar"
     assert report["model_config"]["inference_thought_temperature"] == 1.0
     assert report["settings"]["thought_temperature"] == 1.0
     for task, n in (("gsm8k", len(GSM8K_ROWS)), ("csqa", len(CSQA_ROWS))):
-        assert report["results"][task]["source"] == str(files[task])
+        assert report["results"][task]["source"] == str(files[task].resolve())
         for mode in ("thinking", "base"):
             scores = report["results"][task][mode]
             assert scores["n_examples"] == n
             assert 0 <= scores["argmax_accuracy"] <= 1 and 0 < scores["paper_accuracy"] <= 1
     assert "paper=" in capsys.readouterr().out
+
+
+def test_cli_records_absolute_paths(fixtures, tmp_path, monkeypatch):
+    checkpoint, files = fixtures
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(files["gsm8k"], tmp_path / "gsm8k.jsonl")
+    (tmp_path / "ckpt").symlink_to(checkpoint)
+    eval_main(["./ckpt", "--tasks", "gsm8k", "--gsm8k", "gsm8k.jsonl", "--modes", "base", "--output", "out/r.json"])
+    report = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert report["checkpoint"] == str(checkpoint.resolve())
+    assert report["results"]["gsm8k"]["source"] == str(tmp_path / "gsm8k.jsonl")
+
+
+def _cli_error(argv) -> str:
+    """The one line a failing `python -m quietstar.eval` run ends with (SystemExit carries it)."""
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main(argv)
+    message = exit_info.value.code
+    assert isinstance(message, str) and "\n" not in message
+    return message
+
+
+def test_cli_nonexistent_checkpoint_says_no_such_directory(fixtures, tmp_path, monkeypatch):
+    _, files = fixtures
+    monkeypatch.chdir(tmp_path)
+    data = ["--tasks", "gsm8k", "--gsm8k", str(files["gsm8k"])]
+    for missing in ("./outputs/tiny/final", str(tmp_path / "nope"), "outputs/tiny/final"):
+        assert _cli_error([missing, *data]) == f"error: checkpoint: no such directory: {tmp_path / missing}"
+    (tmp_path / "not_a_checkpoint").mkdir()
+    assert _cli_error(["not_a_checkpoint", *data]) == (
+        f"error: checkpoint: {tmp_path / 'not_a_checkpoint'} is not a checkpoint directory: it has no config.json"
+    )
+    # A name that could be a hub id is tried on the hub (offline here) and the error says both things.
+    assert resolve_checkpoint("someone/model") == "someone/model"
+    with pytest.raises(CheckpointError, match=r"^no such directory: .*someone/model, and no hub model 'someone/model'"):
+        load_checkpoint("someone/model")
+
+
+def test_cli_missing_empty_and_malformed_data_files(fixtures, tmp_path):
+    checkpoint, files = fixtures
+
+    def error_for(path) -> str:
+        return _cli_error([str(checkpoint), "--tasks", "gsm8k", "--gsm8k", str(path)])
+
+    assert error_for(tmp_path / "gsm8k_test.jsonl") == f"error: gsm8k data file {tmp_path / 'gsm8k_test.jsonl'} does not exist"
+    assert error_for("data/gsm8k.jsonl").startswith("error: gsm8k data file /") and "does not exist" in error_for("data/gsm8k.jsonl")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert error_for(empty) == f"error: gsm8k data file {empty} is empty: it holds no examples"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(files["gsm8k"].read_text() + '{"question": "x", "answer": }\n')
+    assert error_for(bad) == (
+        f"error: gsm8k data file {bad} line {len(GSM8K_ROWS) + 1} is not valid JSON: Expecting value (column 29)"
+    )
+    no_answer = tmp_path / "no_answer.jsonl"
+    no_answer.write_text(json.dumps({"question": "q", "answer": "12"}) + "\n")
+    assert error_for(no_answer) == f"error: gsm8k data {no_answer} example 1: answer without '#### <number>': '12'"
+
+
+def test_help_names_the_fields_of_local_files(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert '"question" (text) and "answer" (worked solution ending in "#### <number>")' in text
+    assert '"choices" ({"label": ["A", ...], "text": [...]}) and "answerKey"' in text
+    assert "--gsm8k GSM8K hub data set id or local .csv/.json/.jsonl/.parquet file with the fields question, answer" in text
+
+
+def test_truncated_weights_name_the_file(fixtures, tmp_path):
+    checkpoint, files = fixtures
+    damaged = tmp_path / "damaged"
+    shutil.copytree(checkpoint, damaged)
+    weights = damaged / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as file:
+        file.truncate(size // 2)
+    with pytest.raises(CheckpointError, match=rf"^{weights} is truncated: its header describes {size} bytes, the file has {size // 2}$"):
+        load_checkpoint(str(damaged))
+    message = _cli_error([str(damaged), "--tasks", "gsm8k", "--gsm8k", str(files["gsm8k"])])
+    assert message == f"error: checkpoint: {weights} is truncated: its header describes {size} bytes, the file has {size // 2}"

@@ -1,5 +1,7 @@
-"""train.py end to end on CPU: single process, torchrun with 2 ranks (FSDP2, gloo), kill-and-resume, checkpoints."""
+"""train.py end to end on CPU: single process, torchrun with 2 and 4 ranks (FSDP2, gloo), kill-and-resume,
+checkpoints, a full disk, and 2-rank gradients against one process."""
 
+import errno
 import json
 import os
 import signal
@@ -10,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed.checkpoint.filesystem as dcp_filesystem
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from quietstar import QuietStarConfig, QuietStarForCausalLM
 from quietstar.training import checkpoint as checkpoint_module
-from quietstar.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from quietstar.training.checkpoint import TrainingCheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from quietstar.training.config import load_config
 from quietstar.training.flops import plain_step_flops, quietstar_step_flops
 from quietstar.training.metrics import MetricsLogger
@@ -41,19 +44,30 @@ SMALL = [
     "--logging.interval=1",
     "--checkpoint.interval=2",
 ]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+# The tiny config's own batch sizes (4 sequences per step, micro-batch derived from the world size), shorter rows.
+TINY_AS_SHIPPED = ["--data.seq_len=16", "--data.synthetic.n_documents=200", "--logging.interval=1", "--checkpoint.interval=2"]
 
 
-def _train(output_dir, *args, launcher=(sys.executable,)):
-    command = [*launcher, str(REPO / "train.py"), "--output-dir", str(output_dir), *SMALL, *args]
+def _torchrun(n_ranks: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_ranks}"]
+
+
+def _train(output_dir, *args, launcher=(sys.executable,), small=SMALL, expect_success=True):
+    command = [*launcher, str(REPO / "train.py"), "--output-dir", str(output_dir), *small, *args]
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    if expect_success:
+        assert result.returncode == 0, result.stderr[-4000:]
     return result
 
 
+def _records(output_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
 def _losses(output_dir) -> dict[int, float]:
-    """Loss per step; a step logged twice (before a kill and after the resume) keeps its last record."""
-    records = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    """Loss per step; each step must have been logged once."""
+    records = _records(output_dir)
+    assert len({r["step"] for r in records}) == len(records), [r["step"] for r in records]
     return {r["step"]: r["loss"] for r in records}
 
 
@@ -103,28 +117,61 @@ def test_kill_and_resume_reproduces_the_losses(uninterrupted, tmp_path):
 
     result = _train(tmp_path, "--train.max_steps=6", "--resume")
     assert f"resumed from {resumed_from}" in result.stderr
+    # The records the killed run wrote past the checkpoint are dropped: every step is in metrics.jsonl once, in order.
+    assert [r["step"] for r in _records(tmp_path)] == [1, 2, 3, 4, 5, 6]
     expected, got = _losses(uninterrupted), _losses(tmp_path)
-    assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5, 6]
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 
-def test_torchrun_two_ranks_trains_the_tiny_config(tmp_path):
-    # 2 ranks x 2 micro-batches of 1 sequence: FSDP2 on gloo with gradient accumulation and checkpoints.
-    _train(tmp_path, "--train.max_steps=3", "--train.global_batch_size=4", launcher=TORCHRUN)
-    assert sorted(_losses(tmp_path)) == [1, 2, 3]
+@pytest.mark.parametrize("n_ranks", [2, 4])
+def test_torchrun_trains_the_tiny_config_as_shipped(tmp_path, n_ranks):
+    # FSDP2 on gloo with the tiny config's batch sizes: 4 sequences per step are 2 or 1 per rank. The 2-rank run goes
+    # into a directory holding an earlier run, with --overwrite: rank 0 deletes that run, the user's file stays.
+    flags = []
+    if n_ranks == 2:
+        (tmp_path / "checkpoints" / "step_00000009").mkdir(parents=True)
+        (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 9, "loss": 1.0}) + "\n")
+        (tmp_path / "notes.txt").write_text("mine")
+        flags = ["--overwrite"]
+    result = _train(tmp_path, "--train.max_steps=2", *flags, launcher=_torchrun(n_ranks), small=TINY_AS_SHIPPED)
+    assert f"{n_ranks} rank(s) on cpu, 1 micro-batch(es) of {4 // n_ranks} per step" in result.stderr
+    assert [r["step"] for r in _records(tmp_path)] == [1, 2]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002"]
     assert (tmp_path / "checkpoints" / "step_00000002" / "state" / ".metadata").is_file()
+    if n_ranks == 2:
+        assert (tmp_path / "notes.txt").read_text() == "mine"
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert isinstance(model, QuietStarForCausalLM)
 
 
+def test_torchrun_reports_a_config_error_once(tmp_path):
+    result = _train(tmp_path, "--train.nope=1", launcher=_torchrun(2), expect_success=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "train.py: error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("train.py: error: unknown config key 'train.nope'"), errors
+    assert f'File "{REPO / "train.py"}"' not in result.stderr  # no traceback from the ranks (torchrun adds its own)
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())
+
+
 def test_two_ranks_match_one_process(tmp_path):
     out = tmp_path / "result.json"
-    command = [*TORCHRUN, str(REPO / "tests" / "fsdp_equivalence.py"), str(out)]
+    command = [*_torchrun(2), str(REPO / "tests" / "fsdp_equivalence.py"), str(out)]
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(out.read_text())
+    # FSDP2 found no view among the model's outputs (its "returned a view tensor" warning), on any rank.
+    assert report["fsdp_view_warnings"] == 0
+    # Gradients before any optimizer step, gathered to full tensors, from the same weights with a non-zero mixing
+    # weight (so rewards and the REINFORCE term contribute), against one process on the same 4 sequences.
+    for gradients in report["gradients"]:
+        assert gradients["names"]
+        assert gradients["sharded"]["policy_loss"] != 0 and gradients["sharded"]["mean_mixing_weight"] != 0
+        assert gradients["mixing_head_grad"] > 1e-6
+        for key in ("loss", "policy_loss", "mean_reward"):
+            assert gradients["sharded"][key] == pytest.approx(gradients["single"][key], rel=1e-6, abs=1e-9), key
+        assert gradients["max_rel_grad_diff"] < 1e-5, gradients
     (sharded_1, sharded_2), (single_1, single_2) = report["sharded"], report["single"]
     # Step 1 (mixing weight 0, so no reward yet): the same loss and the same updated weights.
     assert report["max_param_change"] > 1e-3
@@ -142,7 +189,9 @@ def test_two_ranks_match_one_process(tmp_path):
     assert report["max_param_diff"][1] < 1e-3
 
 
-def test_interrupted_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def small_training_state():
+    """(model, optimizer, scheduler, world, save_checkpoint keyword arguments) of a tiny hidden-16 model."""
     config = load_config(
         REPO / "configs" / "tiny.yaml", ["model.architecture.hidden_size=16", "model.architecture.intermediate_size=32"]
     )
@@ -152,6 +201,11 @@ def test_interrupted_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     scheduler = build_scheduler(optimizer, config.train)
     world = World(rank=0, world_size=1, device=torch.device("cpu"), distributed=False)
     save = dict(tokenizer=tokenizer, world=world, export_dtype="float32", keep_last=2)
+    return model, optimizer, scheduler, world, save
+
+
+def test_interrupted_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, small_training_state):
+    model, optimizer, scheduler, world, save = small_training_state
     first = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {"position": 1}, **save)
 
     def killed(*args, **kwargs):
@@ -164,6 +218,86 @@ def test_interrupted_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     assert latest_checkpoint(tmp_path) == first
     step, data_state = load_checkpoint(first, model, optimizer, scheduler, world)
     assert (step, data_state) == (1, {"position": 1})
+
+
+def _disk_full_in_dcp(monkeypatch):
+    """DCP's file writer writes part of a tensor file, then finds the disk full."""
+
+    def write_item(transforms, stream, *args, **kwargs):
+        stream.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dcp_filesystem, "_write_item", write_item)
+
+
+def _disk_full_in_hf_export(monkeypatch):
+    """The HF export writes part of model.safetensors, then finds the disk full."""
+
+    def save_pretrained(self, directory, *args, **kwargs):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(directory) / "model.safetensors"))
+
+    monkeypatch.setattr(QuietStarForCausalLM, "save_pretrained", save_pretrained)
+
+
+@pytest.mark.parametrize("fill_disk", [_disk_full_in_dcp, _disk_full_in_hf_export], ids=["state", "hf_export"])
+def test_disk_full_while_checkpointing(tmp_path, monkeypatch, small_training_state, fill_disk):
+    model, optimizer, scheduler, world, save = small_training_state
+    first = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {"position": 1}, **save)
+    fill_disk(monkeypatch)
+    with pytest.raises(TrainingCheckpointError) as error:
+        save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {"position": 2}, **save)
+    root = tmp_path / "checkpoints"
+    assert str(error.value) == (
+        f"no space left on device while writing {root / 'step_00000002'} (the partial {root / '.tmp-step_00000002'} "
+        "was removed); free space and continue with --resume"
+    )
+    assert [p.name for p in root.iterdir()] == ["step_00000001"]  # the partial checkpoint is gone at once
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path) == first
+    assert load_checkpoint(first, model, optimizer, scheduler, world) == (1, {"position": 1})
+
+
+def test_other_write_errors_also_remove_the_partial_checkpoint(tmp_path, monkeypatch, small_training_state):
+    model, optimizer, scheduler, world, save = small_training_state
+
+    def denied(self, directory, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(directory))
+
+    monkeypatch.setattr(QuietStarForCausalLM, "save_pretrained", denied)
+    with pytest.raises(PermissionError, match="Permission denied"):
+        save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {"position": 1}, **save)
+    assert not list((tmp_path / "checkpoints").iterdir())
+
+
+def test_training_output_holds_no_views(small_training_state):
+    # FSDP2 registers its pre-backward hook on every grad-requiring tensor the wrapped root returns and warns about
+    # views ("returned a view tensor ... can cause backward to fail or produce wrong gradients"): an in-place op on a
+    # view would drop the hook. The training forward used to return the thought-mixed logits as a slice of a stacked
+    # tensor; it now returns only the loss (and detached parts), none of them a view.
+    model = small_training_state[0]
+    model.train()
+    output = model(torch.randint(0, 1000, (2, 12)))
+    returned = [value for value in output.values() if isinstance(value, torch.Tensor)]
+    assert output.loss.requires_grad
+    assert all(value._base is None for value in returned if value.requires_grad)
+
+
+def test_disk_full_on_one_rank_stops_every_rank(tmp_path):
+    out = tmp_path / "result.json"
+    command = [*_torchrun(2), str(REPO / "tests" / "checkpoint_disk_full.py"), str(out)]
+    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(out.read_text())
+    for case, step in (("state_rank_1", 2), ("hf_export_rank_0", 3)):
+        root = tmp_path / "checkpoints"
+        message = (
+            f"TrainingCheckpointError: no space left on device while writing {root / f'step_{step:08d}'} (the partial "
+            f"{root / f'.tmp-step_{step:08d}'} was removed); free space and continue with --resume"
+        )
+        assert report[case]["outcomes"] == [message, message], case
+        assert report[case]["listing"] == ["step_00000001"], case
 
 
 def test_flops_count_every_pass():

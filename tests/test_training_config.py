@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from quietstar.training.config import ConfigError, grad_accumulation_steps, load_config
+from quietstar.training.config import ConfigError, batch_layout, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -81,19 +81,39 @@ def test_missing_config_file():
 
 def test_grad_accumulation_divides_the_global_batch():
     config = load_config(REPO / "configs" / "tiny.yaml", ["train.global_batch_size=8", "train.micro_batch_size=2"])
-    assert grad_accumulation_steps(config.train, 2) == 2
+    assert batch_layout(config.train, 1) == (2, 4)
+    assert batch_layout(config.train, 2) == (2, 2)
     with pytest.raises(ConfigError, match=r"micro_batch_size \* world size \(2 \* 3\)"):
-        grad_accumulation_steps(config.train, 3)
+        batch_layout(config.train, 3)
 
 
-def test_command_line(capsys):
+def test_tiny_config_runs_on_1_2_and_4_ranks():
+    # micro_batch_size: null takes global_batch_size / world size, so `torchrun --nproc_per_node=N` needs no override.
+    config = load_config(REPO / "configs" / "tiny.yaml")
+    assert config.train.micro_batch_size is None
+    assert [batch_layout(config.train, n) for n in (1, 2, 4)] == [(4, 1), (2, 1), (1, 1)]
+    with pytest.raises(ConfigError, match=r"train\.global_batch_size \(4\) must be a multiple of the world size \(3\)"):
+        batch_layout(config.train, 3)
+
+
+def test_command_line():
     train = _train_module()
-    config = train.parse_args(["--output-dir", "somewhere", "--resume", "--train.max_steps=3"])
+    config, overwrite = train.parse_args(["--output-dir", "somewhere", "--resume", "--train.max_steps=3"])
     assert (config.output_dir, config.checkpoint.resume, config.train.max_steps) == ("somewhere", True, 3)
+    assert overwrite is False
     assert config.model.tokenizer == "builtin-mistral"  # the tiny default
-    with pytest.raises(SystemExit):
+    assert train.parse_args(["--overwrite"])[1] is True
+    with pytest.raises(ConfigError, match="unknown config key 'train.nope'"):
         train.parse_args(["--train.nope=1"])
-    assert "unknown config key 'train.nope'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="overrides look like --section.key=value"):
         train.parse_args(["--train.lr", "1"])
-    assert "overrides look like --section.key=value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rank, expected", [("0", "train.py: error: unknown config key 'train.nope'"), ("1", 1)])
+def test_a_config_error_is_one_line_from_rank_0_only(monkeypatch, rank, expected):
+    # Under torchrun every rank parses the same command line; only rank 0 reports, without a traceback.
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as exit_info:
+        _train_module().main(["--train.nope=1"])
+    code = exit_info.value.code
+    assert code == expected if rank == "1" else (code.startswith(expected) and "\n" not in code)

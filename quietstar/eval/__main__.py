@@ -1,7 +1,7 @@
 """`python -m quietstar.eval CHECKPOINT`: zero-shot GSM8K and CommonsenseQA as the Quiet-STaR paper scored them.
 
-Writes a JSON file with the scores per task and mode (thinking / base), the evaluation settings, the checkpoint path
-and its config. Examples:
+Writes a JSON file with the scores per task and mode (thinking / base), the evaluation settings, the absolute paths
+of the checkpoint and the data files (hub ids as given) and the model config. Examples:
 
     python -m quietstar.eval outputs/tiny/final --limit 200
     python -m quietstar.eval CKPT --tasks gsm8k --gsm8k data/gsm8k_test.jsonl --thought-temperature 0
@@ -14,18 +14,32 @@ from pathlib import Path
 
 import quietstar
 
-from .checkpoint import load_checkpoint
-from .scoring import TASKS, EvalSettings, evaluate_task, load_examples
+from ..file_checks import CheckpointError
+from .checkpoint import load_checkpoint, resolve_checkpoint
+from .scoring import LOCAL_FORMATS, TASKS, EvalDataError, EvalSettings, evaluate_task, load_examples, local_data_file
 
 MODES = {"thinking": True, "base": False}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m quietstar.eval", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="checkpoint directory (or hub id) with its tokenizer")
+    formats = "/".join(sorted(LOCAL_FORMATS))
+    parser = argparse.ArgumentParser(
+        prog="python -m quietstar.eval",
+        description=__doc__.splitlines()[0],
+        epilog="Local data files hold one example per row (a JSON object per line in .jsonl) with the fields of the "
+        "hub data sets: "
+        + "; ".join(f"{name}: {spec.fields_help}" for name, spec in TASKS.items())
+        + ".",
+    )
+    parser.add_argument("checkpoint", help="checkpoint directory (or hub model id) with its tokenizer")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["gsm8k", "csqa"])
     for name, spec in TASKS.items():
-        parser.add_argument(f"--{name}", default=spec.hub_id, help=f"hub id or local .jsonl/.json/.parquet/.csv (default {spec.hub_id})")
+        parser.add_argument(
+            f"--{name}",
+            default=spec.hub_id,
+            help=f"hub data set id or local {formats} file with the fields {', '.join(spec.fields)} "
+            f"(default {spec.hub_id})",
+        )
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="with and/or without thinking")
     parser.add_argument("--limit", type=int, help="score only the first N examples of each task")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -37,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    parser.add_argument("--output", type=Path, default=Path("eval_results.json"))
+    parser.add_argument("--output", type=Path, default=Path("eval_results.json"), help="report file (default eval_results.json)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_length < 2 or (args.limit is not None and args.limit < 1):
         parser.error("--batch-size and --limit must be >= 1 and --max-length >= 2")
@@ -47,26 +61,39 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
+    """Run the CLI; a missing or damaged checkpoint or data file ends it with one line naming the path (exit 1)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return evaluate(args)
+    except CheckpointError as error:
+        raise SystemExit(f"error: checkpoint: {error}") from None
+    except EvalDataError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Load the checkpoint and every task's data, score them and write the report; return it."""
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    examples = {task: load_examples(task, getattr(args, task), args.limit) for task in args.tasks}
     model, tokenizer = load_checkpoint(
-        args.checkpoint, args.device, args.dtype, inference_thought_temperature=args.thought_temperature
+        checkpoint, args.device, args.dtype, inference_thought_temperature=args.thought_temperature
     )
     settings = EvalSettings(batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
     results = {}
     for task in args.tasks:
         source = getattr(args, task)
-        examples = load_examples(task, source, args.limit)
-        results[task] = {"source": source}
+        local = local_data_file(source)
+        results[task] = {"source": str(local) if local is not None else source}
         for mode in args.modes:
-            scores = evaluate_task(model, tokenizer, task, examples, thinking=MODES[mode], settings=settings)
+            scores = evaluate_task(model, tokenizer, task, examples[task], thinking=MODES[mode], settings=settings)
             results[task][mode] = scores
             print(
                 f"{task:6s} {mode:8s} n={scores['n_examples']:5d}  paper={scores['paper_accuracy']:.4f}  "
                 f"whitelist-argmax={scores['whitelist_argmax_accuracy']:.4f}  argmax={scores['argmax_accuracy']:.4f}"
             )
     report = {
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": checkpoint,
         "quietstar_version": quietstar.__version__,
         "settings": {
             "tasks": args.tasks,
@@ -82,9 +109,10 @@ def main(argv=None) -> dict:
         "model_config": model.config.to_dict(),
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    output = args.output.absolute()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {output}")
     return report
 
 

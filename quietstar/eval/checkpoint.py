@@ -1,18 +1,54 @@
 """Loading a checkpoint and its tokenizer for evaluation and inspection."""
 
+from pathlib import Path
+
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..file_checks import CheckpointError, check_weight_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def could_be_hub_id(name: str) -> bool:
+    """Whether `name` has the form of a hub repository id (`name` or `namespace/name`); paths such as `./x`,
+    `/x` or `a/b/c` do not."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> str:
+    """The absolute path of the local checkpoint directory `checkpoint`, or `checkpoint` itself for a hub id.
+
+    Raises `CheckpointError` when `checkpoint` is no directory and cannot be a hub id ("no such directory"), is a
+    file, is a directory without `config.json`, or has a truncated or damaged `model.safetensors` (or shard).
+    """
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path.resolve()} is not a checkpoint directory: it has no config.json")
+        check_weight_files(path)
+        return str(path.resolve())
+    if path.exists():
+        raise CheckpointError(f"{path.resolve()} is a file, not a checkpoint directory")
+    if not could_be_hub_id(str(checkpoint)):
+        raise CheckpointError(f"no such directory: {path.absolute()}")
+    return str(checkpoint)
+
+
 def load_checkpoint(
-    checkpoint: str, device: str = "auto", dtype: str = "auto", **config_overrides
+    checkpoint: str | Path, device: str = "auto", dtype: str = "auto", **config_overrides
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load `checkpoint` (a directory or hub id with a tokenizer) in eval mode.
 
     `device` "auto" picks CUDA when available; `dtype` "auto" is bfloat16 on CUDA and float32 elsewhere.
-    `config_overrides` set config fields (for example `inference_thought_temperature=1.0`).
+    `config_overrides` set config fields (for example `inference_thought_temperature=1.0`). Raises `CheckpointError`
+    (see `resolve_checkpoint`) naming the directory or file when the checkpoint cannot be loaded.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -20,6 +56,16 @@ def load_checkpoint(
         dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=DTYPES[dtype], **config_overrides)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    source = resolve_checkpoint(checkpoint)
+    local = Path(source).is_dir()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **config_overrides)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if local:
+            raise CheckpointError(f"cannot load the checkpoint {source}: {reason}") from error
+        raise CheckpointError(
+            f"no such directory: {Path(source).absolute()}, and no hub model {source!r} could be loaded: {reason}"
+        ) from error
     return model.to(device).eval(), tokenizer

@@ -8,6 +8,9 @@ import torch
 from datasets import load_dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..file_checks import text_file_problem
+from .checkpoint import could_be_hub_id
+
 logger = logging.getLogger(__name__)
 
 ANSWER_MARKER = "\nA:"
@@ -29,6 +32,8 @@ class TaskSpec:
     whitelist_context: str
     whitelist_pieces: tuple[str, ...]
     skip_first_answer_token: bool
+    fields: tuple[str, ...]
+    fields_help: str
 
 
 TASKS = {
@@ -40,6 +45,8 @@ TASKS = {
         whitelist_context="A: 1",
         whitelist_pieces=tuple("1234567890") + ("\n",),
         skip_first_answer_token=True,
+        fields=("question", "answer"),
+        fields_help='"question" (text) and "answer" (worked solution ending in "#### <number>")',
     ),
     "csqa": TaskSpec(
         name="csqa",
@@ -49,6 +56,9 @@ TASKS = {
         whitelist_context=ANSWER_MARKER,
         whitelist_pieces=(" A", " B", " C", " D", " E", "\n"),
         skip_first_answer_token=False,
+        fields=("question", "choices", "answerKey"),
+        fields_help='"question" (text), "choices" ({"label": ["A", ...], "text": [...]}) and "answerKey" ("A"-"E"); '
+        "choices is nested, so use .jsonl, .json or .parquet",
     ),
 }
 
@@ -69,35 +79,92 @@ def _task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
+class EvalDataError(ValueError):
+    """An evaluation data set that is missing, empty, unreadable or not in its task's format (the message says
+    which)."""
+
+
+def local_data_file(source: str) -> Path | None:
+    """The absolute path `source` names when it is a local file (existing, or a path or file name that cannot be a
+    hub dataset id), else None (a hub id)."""
+    path = Path(source).expanduser()
+    if path.exists() or path.suffix in LOCAL_FORMATS or not could_be_hub_id(source):
+        return path.absolute()
+    return None
+
+
 def load_examples(task: str, source: str | None = None, limit: int | None = None) -> list[tuple[str, str]]:
     """Load `(prompt, answer)` pairs: prompt `"Q: ...\\nA:"`, answer the gold continuation (`" 18\\n"`, `" B\\n"`).
 
     `source` is a hub dataset id (default: the task's; GSM8K `main`/`test`, CommonsenseQA `validation`) or a local
-    .json/.jsonl/.parquet/.csv file with the hub's fields (GSM8K: question, answer with "#### <number>";
-    CommonsenseQA: question, choices {label, text}, answerKey). `limit` keeps the first examples.
+    .json/.jsonl/.parquet/.csv file with the hub's fields (`TaskSpec.fields`; GSM8K: question, answer with
+    "#### <number>"; CommonsenseQA: question, choices {label, text}, answerKey). `limit` keeps the first examples.
+    Raises `EvalDataError` naming the file (and, for a bad JSON line or invalid UTF-8, where in it) when the data is
+    missing, empty, unreadable or lacks a field.
     """
     spec = _task(task)
     source = source or spec.hub_id
-    path = Path(source)
-    if path.exists():
-        if path.suffix not in LOCAL_FORMATS:
-            raise ValueError(f"local dataset {source} must be one of {sorted(LOCAL_FORMATS)}")
-        dataset = load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+    path = local_data_file(source)
+    if path is not None:
+        dataset = _load_local(spec, path)
     else:
         config = spec.hub_config if source == spec.hub_id else None
-        dataset = load_dataset(source, config, split=spec.hub_split)
+        try:
+            dataset = load_dataset(source, config, split=spec.hub_split)
+        except (OSError, ValueError) as error:
+            reason = _first_line(error)
+            raise EvalDataError(f"cannot load the {task} data set {source!r} from the hub: {reason}") from error
+    where = str(path) if path is not None else repr(source)
+    missing = [name for name in spec.fields if name not in dataset.column_names]
+    if missing:
+        raise EvalDataError(f"{task} data {where} lacks the field(s) {missing}; a {task} file needs {spec.fields_help}")
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     to_pair = _gsm8k_pair if task == "gsm8k" else _csqa_pair
+    pairs = []
+    for number, row in enumerate(dataset, start=1):
+        try:
+            pairs.append(to_pair(row))
+        except (KeyError, TypeError, AttributeError) as error:
+            raise EvalDataError(
+                f"{task} data {where} example {number} is not in the {task} format ({error!r}); a {task} file needs "
+                f"{spec.fields_help}"
+            ) from error
+        except ValueError as error:
+            raise EvalDataError(f"{task} data {where} example {number}: {error}") from error
+    return pairs
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _load_local(spec: TaskSpec, path: Path):
+    """The local data file `path` as a `datasets.Dataset`, with an `EvalDataError` for every way it can be unusable."""
+    if not path.exists():
+        raise EvalDataError(f"{spec.name} data file {path} does not exist")
+    if not path.is_file():
+        raise EvalDataError(f"{spec.name} data file {path} is not a file")
+    if path.suffix not in LOCAL_FORMATS:
+        raise EvalDataError(f"{spec.name} data file {path} must end in one of {sorted(LOCAL_FORMATS)}")
+    if path.stat().st_size == 0:
+        raise EvalDataError(f"{spec.name} data file {path} is empty: it holds no examples")
     try:
-        return [to_pair(row) for row in dataset]
-    except KeyError as error:
-        raise ValueError(f"{source} lacks the field {error} of the {task} format") from error
+        dataset = load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+    except Exception as error:  # datasets wraps reader errors in its own types; name the file and the place
+        json_lines = LOCAL_FORMATS[path.suffix] == "json"
+        problem = None if path.suffix == ".parquet" else text_file_problem(path, json_lines=json_lines)
+        problem = problem or f"{path} cannot be read: {_first_line(error)}"
+        raise EvalDataError(f"{spec.name} data file {problem}") from error
+    if len(dataset) == 0:
+        raise EvalDataError(f"{spec.name} data file {path} holds no examples")
+    return dataset
 
 
 def _gsm8k_pair(row: dict) -> tuple[str, str]:
     if "####" not in row["answer"]:
-        raise ValueError(f"GSM8K answer without '#### <number>': {row['answer'][-80:]!r}")
+        raise ValueError(f"answer without '#### <number>': {row['answer'][-80:]!r}")
     return "Q: " + row["question"] + ANSWER_MARKER, row["answer"].split("####")[-1] + "\n"
 
 

@@ -8,10 +8,11 @@ Layout under `<output_dir>/checkpoints/`:
 
 A checkpoint is written into `.tmp-step_NNNNNNNN/` and renamed when every rank has finished, so only complete
 checkpoints carry a `step_` name; a run killed while writing leaves a `.tmp-` directory that is ignored and removed
-by the next save.
+by the next save. A write that fails with an OS error (a full disk) removes its `.tmp-` directory at once.
 """
 
 import contextlib
+import errno
 import json
 import logging
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -29,12 +31,16 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from transformers import PreTrainedTokenizerBase
 
-from ..modeling_quietstar import QuietStarForCausalLM
+from ..families import family_of
 from .parallel import DTYPES, World
 
 logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class TrainingCheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or resumed; the message names the directory and what is wrong."""
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
@@ -91,6 +97,42 @@ def _app_state(model, optimizer, world: World, trainer: bytes, rank_state: bytes
     }
 
 
+def _is_no_space(error: BaseException) -> bool:
+    """Whether `error`, its causes, or (for a DCP `CheckpointException`) the failure of any rank is ENOSPC."""
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        if isinstance(current, CheckpointException):
+            pending.extend(failure for failure, _ in current.failures.values())
+        pending.extend((current.__cause__, current.__context__))
+    return False
+
+
+@contextlib.contextmanager
+def removed_on_write_error(tmp: Path, destination: Path, world: World):
+    """Delete the partial directory `tmp` (rank 0) as soon as writing it fails with an OS error; "no space left on
+    device" becomes a `TrainingCheckpointError` naming `destination` and `tmp`.
+
+    Every rank must see the failure: DCP raises one rank's write error on all ranks, `export_hf` shares rank 0's.
+    """
+    try:
+        yield
+    except (OSError, CheckpointException) as error:
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if _is_no_space(error):
+            raise TrainingCheckpointError(
+                f"no space left on device while writing {destination} (the partial {tmp} was removed); free space "
+                "and continue with --resume"
+            ) from error
+        raise
+
+
 def replace_directory(tmp: Path, final: Path) -> None:
     """Move the complete directory `tmp` to `final`. An existing `final` is moved aside first and deleted only
     after the rename, so at every moment a complete copy exists under `final` or under its `.old-` name."""
@@ -111,19 +153,26 @@ def export_hf(
 ) -> None:
     """Write the model (gathered from all ranks) with its tokenizer in HF format to `directory` (rank 0 writes).
 
-    Collective: every rank must call it. The export is a plain `QuietStarForCausalLM` built on the meta device and
+    Collective: every rank must call it. The export is a plain model of the family's class built on the meta device and
     given the gathered weights, so `AutoModelForCausalLM.from_pretrained(directory)` loads it after `import quietstar`.
+    An OS error while rank 0 writes (a full disk) is raised on every rank, so none waits for a write that failed.
     """
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    failure = None
     if world.is_main:
         with torch.device("meta"):
-            export = QuietStarForCausalLM(model.config)
+            export = family_of(model.config.model_type).model_class(model.config)
         export.load_state_dict({k: v.to(DTYPES[dtype]) for k, v in full.items()}, assign=True, strict=True)
         export.config.dtype = DTYPES[dtype]
         export.generation_config = model.generation_config
-        export.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
-    world.barrier()
+        try:
+            export.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+        except OSError as error:
+            failure = error
+    failure = world.broadcast_from_main(failure)
+    if failure is not None:
+        raise failure
 
 
 def save_checkpoint(
@@ -139,7 +188,10 @@ def save_checkpoint(
     export_dtype: str,
     keep_last: int,
 ) -> Path:
-    """Write the resumable state and an HF export for `step` (collective), then keep the `keep_last` newest."""
+    """Write the resumable state and an HF export for `step` (collective), then keep the `keep_last` newest.
+
+    Raises `TrainingCheckpointError` when the disk is full (the partial checkpoint is removed, earlier ones are
+    kept)."""
     root = checkpoints_dir(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-{final.name}"
@@ -150,9 +202,14 @@ def save_checkpoint(
     world.barrier()
     trainer = _encode({"step": step, "world_size": world.world_size, "scheduler": scheduler.state_dict()})
     rank_state = _encode({"data": data_state, "rng": _rng_state()})
-    with _dcp_context(world):
-        dcp.save(_app_state(model, optimizer, world, trainer, rank_state), checkpoint_id=tmp / "state", no_dist=not world.distributed)
-    export_hf(model, tokenizer, tmp / "hf", world, export_dtype)
+    with removed_on_write_error(tmp, final, world):
+        with _dcp_context(world):
+            dcp.save(
+                _app_state(model, optimizer, world, trainer, rank_state),
+                checkpoint_id=tmp / "state",
+                no_dist=not world.distributed,
+            )
+        export_hf(model, tokenizer, tmp / "hf", world, export_dtype)
     if world.is_main:
         replace_directory(tmp, final)
         for _, old in complete_checkpoints(output_dir)[:-keep_last]:
@@ -175,7 +232,7 @@ def load_checkpoint(
         dcp.load(state, checkpoint_id=directory / "state", no_dist=not world.distributed)
     trainer = json.loads(state["trainer"])
     if trainer["world_size"] != world.world_size:
-        raise RuntimeError(
+        raise TrainingCheckpointError(
             f"{directory} was written by {trainer['world_size']} ranks; resume with the same world size "
             f"(now {world.world_size}): each rank's data position is its own"
         )

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
-from ..configuration_quietstar import QuietStarConfig
+from ..families import FAMILIES, family_of
+from ..thinking_config import QuietStarConfigMixin
 
 BUILTIN_MISTRAL_TOKENIZER = "builtin-mistral"
 SYNTHETIC_SOURCE = "synthetic"
@@ -42,18 +43,23 @@ class ModelConfig:
     """How the model is built.
 
     Attributes:
-        name_or_path: Hub id or local directory of a base Mistral checkpoint (meta tokens are added) or of a quietstar
-            checkpoint (trained meta embeddings and mixing head kept). `None` builds a random-initialised model from
-            `architecture`.
+        name_or_path: Hub id or local directory of a base checkpoint of a supported family (Mistral, Llama, Qwen2,
+            Qwen3; the family is read from its config, the meta tokens are added) or of a quietstar checkpoint
+            (trained meta embeddings and mixing head kept). A checkpoint of another family is refused. `None` builds
+            a random-initialised model of `family` from `architecture`.
+        family: Decoder family of a random-initialised model (`name_or_path: null`): `mistral`, `llama`, `qwen2` or
+            `qwen3`. Ignored for a checkpoint, whose config names its family.
         tokenizer: `None` uses the tokenizer stored with `name_or_path`; `"builtin-mistral"` the Mistral 7B v0.1
             tokenizer shipped with the package (offline); anything else is a hub id or local directory.
-        architecture: `MistralConfig` fields of the random-initialised model (only with `name_or_path: null`), e.g.
-            `hidden_size`, `num_hidden_layers`. The vocabulary size comes from the tokenizer.
-        quietstar: `QuietStarConfig` algorithm fields applied on top of the loaded or built config
+        architecture: Config fields of the family (`MistralConfig`, `LlamaConfig`, ...) for the random-initialised model
+            (only with `name_or_path: null`), e.g. `hidden_size`, `num_hidden_layers`. The vocabulary size comes from
+            the tokenizer.
+        quietstar: Quiet-STaR algorithm fields (`QuietStarConfigMixin`) applied on top of the loaded or built config
             (`n_thought_tokens`, `n_ahead_talk`, `n_thoughts`, `policy_loss_weight`, `attention_impl`, ...).
     """
 
     name_or_path: str | None = None
+    family: str = "mistral"
     tokenizer: str | None = None
     architecture: dict[str, Any] = field(default_factory=dict)
     quietstar: dict[str, Any] = field(default_factory=dict)
@@ -129,6 +135,8 @@ class TrainConfig:
         global_batch_size: Sequences per optimizer step over all ranks; must be a multiple of
             `micro_batch_size * world_size` (the quotient is the number of gradient-accumulation micro-batches).
         micro_batch_size: Sequences per forward/backward on one rank (each is repeated `n_thoughts` times inside).
+            `None` takes `global_batch_size / world_size` (one micro-batch per step, no gradient accumulation), so
+            the same config runs on any world size that divides the global batch.
         lr: Peak learning rate of AdamW.
         weight_decay: AdamW weight decay (all parameters).
         adam_beta1: AdamW beta1.
@@ -150,7 +158,7 @@ class TrainConfig:
 
     max_steps: int = 100
     global_batch_size: int = 8
-    micro_batch_size: int = 1
+    micro_batch_size: int | None = 1
     lr: float = 1e-6
     weight_decay: float = 1e-3
     adam_beta1: float = 0.9
@@ -176,8 +184,10 @@ class CheckpointConfig:
     Attributes:
         interval: Steps between checkpoints (0 = only at the end).
         keep_last: Complete checkpoints kept (older ones are deleted).
-        resume: Continue from the latest complete checkpoint in `<output_dir>/checkpoints` (start fresh when there is
-            none). Same as `--resume` on the command line.
+        resume: Continue the run in `output_dir` from its latest complete checkpoint in `<output_dir>/checkpoints`
+            (from step 0 when there is none); the records of `metrics.jsonl` past that checkpoint are dropped. Same as
+            `--resume` on the command line. Without it (or `--overwrite`), training refuses an `output_dir` that
+            already holds a run.
         export_dtype: Dtype of the weights in HF exports.
     """
 
@@ -210,7 +220,8 @@ class LoggingConfig:
 
 @dataclass
 class JobConfig:
-    """A training run. Attributes: `output_dir` (checkpoints, metrics, final model) and the five sections."""
+    """A training run. Attributes: `output_dir` (config.yaml, metrics, checkpoints, final model; one run per
+    directory, see `CheckpointConfig.resume`) and the five sections."""
 
     output_dir: str = "outputs/run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -335,22 +346,29 @@ def _join(where: str, key: str) -> str:
 
 # --------------------------------------------------------------------------------------------------- validation
 
-_QUIETSTAR_FIELDS = {f.name for f in dataclasses.fields(QuietStarConfig)}
+_QUIETSTAR_FIELDS = {f.name for f in dataclasses.fields(QuietStarConfigMixin)}
 
 
 def validate(config: JobConfig) -> None:
     """Range and consistency checks that types alone cannot express; raise `ConfigError` naming the key."""
     model, data, train = config.model, config.data, config.train
-    for section, keys in (("model.architecture", model.architecture), ("model.quietstar", model.quietstar)):
-        for key in keys:
-            if key not in _QUIETSTAR_FIELDS:
-                raise ConfigError(f"unknown config key '{section}.{key}': not a QuietStarConfig field")
+    families = [family.base_model_type for family in FAMILIES]
+    if model.family not in families:
+        raise ConfigError(f"model.family must be one of {families}, got {model.family!r}")
+    family_config = family_of(model.family).config_class
+    family_fields = {f.name for f in dataclasses.fields(family_config)}
+    for key in model.architecture:
+        if key not in family_fields:
+            raise ConfigError(f"unknown config key 'model.architecture.{key}': not a {family_config.__name__} field")
+    for key in model.quietstar:
+        if key not in _QUIETSTAR_FIELDS:
+            raise ConfigError(f"unknown config key 'model.quietstar.{key}': not a Quiet-STaR field (QuietStarConfigMixin)")
     if model.architecture and model.name_or_path is not None:
         raise ConfigError("model.architecture only applies to a random-initialised model (model.name_or_path: null)")
     if model.name_or_path is None and model.tokenizer is None:
         raise ConfigError("model.tokenizer must be set when model.name_or_path is null (e.g. 'builtin-mistral')")
     try:
-        QuietStarConfig(**{**model.architecture, **model.quietstar})
+        family_config(**{**model.architecture, **model.quietstar})
     except (ValueError, TypeError) as error:
         raise ConfigError(f"model.quietstar/model.architecture: {error}") from None
 
@@ -366,12 +384,13 @@ def validate(config: JobConfig) -> None:
 
     _positive(train.max_steps, "train.max_steps")
     _positive(train.global_batch_size, "train.global_batch_size")
-    _positive(train.micro_batch_size, "train.micro_batch_size")
-    if train.global_batch_size % train.micro_batch_size:
-        raise ConfigError(
-            f"train.global_batch_size ({train.global_batch_size}) must be a multiple of train.micro_batch_size "
-            f"({train.micro_batch_size})"
-        )
+    if train.micro_batch_size is not None:
+        _positive(train.micro_batch_size, "train.micro_batch_size")
+        if train.global_batch_size % train.micro_batch_size:
+            raise ConfigError(
+                f"train.global_batch_size ({train.global_batch_size}) must be a multiple of train.micro_batch_size "
+                f"({train.micro_batch_size})"
+            )
     for name in ("lr", "weight_decay", "adam_eps", "grad_clip"):
         if getattr(train, name) < 0:
             raise ConfigError(f"train.{name} must be >= 0, got {getattr(train, name)}")
@@ -393,12 +412,20 @@ def _positive(value: int, key: str, minimum: int = 1) -> None:
         raise ConfigError(f"{key} must be >= {minimum}, got {value}")
 
 
-def grad_accumulation_steps(train: TrainConfig, world_size: int) -> int:
-    """Micro-batches per optimizer step on each rank; raises `ConfigError` if the batch does not divide."""
+def batch_layout(train: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(micro-batch size, micro-batches per optimizer step) on each rank; raises `ConfigError` if the global batch
+    does not divide over `world_size` ranks."""
+    if train.micro_batch_size is None:
+        if train.global_batch_size % world_size:
+            raise ConfigError(
+                f"train.global_batch_size ({train.global_batch_size}) must be a multiple of the world size "
+                f"({world_size}) when train.micro_batch_size is null"
+            )
+        return train.global_batch_size // world_size, 1
     per_step = train.micro_batch_size * world_size
     if train.global_batch_size % per_step:
         raise ConfigError(
             f"train.global_batch_size ({train.global_batch_size}) must be a multiple of train.micro_batch_size * "
             f"world size ({train.micro_batch_size} * {world_size})"
         )
-    return train.global_batch_size // per_step
+    return train.micro_batch_size, train.global_batch_size // per_step

@@ -9,7 +9,7 @@ and the LM head runs once for the base pass, once per sampled thought token and 
 
 import torch
 
-from ..configuration_quietstar import QuietStarConfig
+from ..thinking_config import QuietStarConfigMixin
 
 # Dense bf16 peak FLOP/s per device (vendor spec sheets), matched against the device name.
 PEAK_FLOPS = {
@@ -25,30 +25,30 @@ PEAK_FLOPS = {
 }
 
 
-def _layer_matmul_flops_per_token(config: QuietStarConfig) -> float:
+def _layer_matmul_flops_per_token(config: QuietStarConfigMixin) -> float:
     hidden, inner = config.hidden_size, config.intermediate_size
-    head_dim = config.head_dim or hidden // config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     q_out = config.num_attention_heads * head_dim
     kv_out = 2 * config.num_key_value_heads * head_dim
     return 2 * (hidden * (q_out + kv_out) + q_out * hidden + 3 * hidden * inner)
 
 
-def _attention_flops(config: QuietStarConfig, rows: int, length: int, extra_keys: int) -> float:
+def _attention_flops(config: QuietStarConfigMixin, rows: int, length: int, extra_keys: int) -> float:
     """QK^T and PV over a causal L x L block plus `extra_keys` keys per query, all layers."""
-    head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     keys_per_query = (length + 1) / 2 + extra_keys
     return 4 * rows * length * keys_per_query * config.num_attention_heads * head_dim * config.num_hidden_layers
 
 
-def plain_step_flops(config: QuietStarConfig, batch: int, length: int) -> float:
-    """Forward + backward FLOPs of a plain causal-LM step (the base Mistral model) on `batch` x `length` tokens."""
+def plain_step_flops(config: QuietStarConfigMixin, batch: int, length: int) -> float:
+    """Forward + backward FLOPs of a plain causal-LM step (the base model) on `batch` x `length` tokens."""
     tokens = batch * length
     dense = tokens * config.num_hidden_layers * _layer_matmul_flops_per_token(config)
     head = 2 * tokens * config.hidden_size * config.vocab_size
     return 3 * (dense + _attention_flops(config, batch, length, 0) + head)
 
 
-def quietstar_step_flops(config: QuietStarConfig, batch: int, length: int) -> float:
+def quietstar_step_flops(config: QuietStarConfigMixin, batch: int, length: int) -> float:
     """Forward + backward FLOPs of a Quiet-STaR training step on `batch` sequences of `length` tokens."""
     rows = batch * config.n_thoughts
     tokens = rows * length

@@ -1,10 +1,12 @@
 """Run metrics: a console progress line (logging), `<output_dir>/metrics.jsonl`, and wandb when enabled.
 
-Only rank 0 logs; the values it receives are already averaged over ranks.
+Only rank 0 logs; the values it receives are already averaged over ranks. A resumed run first drops the records
+past the step it resumes from (`truncate_metrics`), so `metrics.jsonl` holds every step once.
 """
 
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -28,6 +30,34 @@ def peak_memory_gb(device: torch.device) -> float:
 def _format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> int:
+    """Drop the records of `path` (a `metrics.jsonl`) whose step is past `last_step`; return how many were dropped.
+
+    The file is rewritten atomically (a temporary file renamed over it), so a crash leaves the old or the new file.
+    A line that is not a JSON record (the last one, cut short by a kill while it was written) is dropped as well.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "w") as file:
+        file.writelines(kept)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+    return dropped
 
 
 class MetricsLogger:

@@ -1,19 +1,19 @@
-"""Tokenizer and model set-up: a base Mistral (meta tokens added), a quietstar checkpoint, or a random tiny model."""
+"""Tokenizer and model set-up: a base checkpoint of a supported family (meta tokens added), a quietstar checkpoint,
+or a random tiny model."""
 
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from ..configuration_quietstar import QuietStarConfig
+from ..families import config_from_base, family_of
+from ..file_checks import check_weight_files
 from ..meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT, add_thought_tokens
-from ..modeling_quietstar import QuietStarForCausalLM
-from ..tokenizer import load_mistral_tokenizer
-from .config import BUILTIN_MISTRAL_TOKENIZER, ModelConfig
+from ..thinking_model import QuietStarModelMixin
+from ..tokenizer import forget_load_options, load_mistral_tokenizer
+from .config import BUILTIN_MISTRAL_TOKENIZER, ConfigError, ModelConfig
 from .parallel import World, apply_fsdp, materialize_from_rank0
-
-# Fields of a base checkpoint's config that must not carry over into a QuietStarConfig.
-_BASE_CONFIG_DROP = ("model_type", "architectures", "transformers_version", "sliding_window")
 
 
 def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
@@ -22,25 +22,27 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     if config.tokenizer == BUILTIN_MISTRAL_TOKENIZER:
         tokenizer = load_mistral_tokenizer()
     else:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.name_or_path)
+        tokenizer = forget_load_options(AutoTokenizer.from_pretrained(config.tokenizer or config.name_or_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.add_special_tokens({"additional_special_tokens": [START_OF_THOUGHT, END_OF_THOUGHT]})
     return tokenizer
 
 
-def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> QuietStarForCausalLM:
-    """A float32 `QuietStarForCausalLM` on the CPU with the meta tokens in `tokenizer` and the model.
+def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> QuietStarModelMixin:
+    """A float32 Quiet-STaR model of the right family on the CPU, with the meta tokens in `tokenizer` and the model.
 
     - `name_or_path` is a quietstar checkpoint: loaded as is (trained meta embeddings and mixing head kept), with
       the `model.quietstar` fields overriding its config.
-    - `name_or_path` is another (Mistral) checkpoint: its weights and config plus the `model.quietstar` fields;
-      the meta tokens are added (embeddings from "---", mixing head at zero).
-    - `name_or_path` is None: random initialisation (seeded) from `model.architecture` and `model.quietstar`, with
-      the tokenizer's vocabulary and special-token ids.
+    - `name_or_path` is a base checkpoint: its family is read from its config (a `ConfigError` names an unsupported
+      `model_type`); its weights and config plus the `model.quietstar` fields; the meta tokens are added
+      (embeddings from "---", mixing head at zero).
+    - `name_or_path` is None: random initialisation (seeded) of `model.family` from `model.architecture` and
+      `model.quietstar`, with the tokenizer's vocabulary and special-token ids.
     """
     if config.name_or_path is None:
-        model_config = QuietStarConfig(
+        family = family_of(config.family)
+        model_config = family.config_class(
             **config.architecture,
             **config.quietstar,
             vocab_size=len(tokenizer),
@@ -49,15 +51,20 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: i
             pad_token_id=tokenizer.pad_token_id,
         )
         torch.manual_seed(seed)
-        model = QuietStarForCausalLM(model_config)
+        model = family.model_class(model_config)
     else:
+        if Path(config.name_or_path).is_dir():
+            check_weight_files(config.name_or_path)  # a truncated model.safetensors is named, not a bare header error
         base_config = AutoConfig.from_pretrained(config.name_or_path)
-        if base_config.model_type == QuietStarConfig.model_type:
-            model = QuietStarForCausalLM.from_pretrained(config.name_or_path, dtype=torch.float32, **config.quietstar)
+        try:
+            family = family_of(base_config.model_type, f"model.name_or_path {config.name_or_path}")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if base_config.model_type == family.model_type:
+            model = family.model_class.from_pretrained(config.name_or_path, dtype=torch.float32, **config.quietstar)
         else:
-            fields = {k: v for k, v in base_config.to_dict().items() if k not in _BASE_CONFIG_DROP}
-            model_config = QuietStarConfig(**{**fields, **config.quietstar, "dtype": torch.float32})
-            model = QuietStarForCausalLM.from_pretrained(config.name_or_path, config=model_config, dtype=torch.float32)
+            model_config = config_from_base(base_config, **config.quietstar, dtype=torch.float32)
+            model = family.model_class.from_pretrained(config.name_or_path, config=model_config, dtype=torch.float32)
     add_thought_tokens(model, tokenizer)
     return model
 
@@ -71,7 +78,7 @@ def setup_model(
     param_dtype: str,
     activation_checkpointing: bool,
     reshard_after_forward: bool,
-) -> QuietStarForCausalLM:
+) -> QuietStarModelMixin:
     """The model ready to train on `world.device`: built, activation-checkpointed and (under torchrun) sharded.
 
     Under torchrun only rank 0 builds (loads) the real model; the other ranks build the same architecture on the meta
@@ -82,10 +89,11 @@ def setup_model(
         payload = [model.config.to_dict() if world.is_main else None]
         dist.broadcast_object_list(payload, src=0)
         full_state_dict = model.state_dict() if world.is_main else {}
-        model_config = QuietStarConfig.from_dict(payload[0])
+        family = family_of(payload[0]["model_type"])
+        model_config = family.config_class.from_dict(payload[0])
         generation_config = model.generation_config if world.is_main else None
         with torch.device("meta"):
-            sharded = QuietStarForCausalLM(model_config)
+            sharded = family.model_class(model_config)
         if generation_config is not None:
             sharded.generation_config = generation_config
         model = sharded

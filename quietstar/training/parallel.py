@@ -34,6 +34,14 @@ class World:
         if self.distributed:
             dist.barrier()
 
+    def broadcast_from_main(self, obj):
+        """Rank 0's `obj` (any picklable object) on every rank; collective under torchrun."""
+        if not self.distributed:
+            return obj
+        payload = [obj]
+        dist.broadcast_object_list(payload, src=0)
+        return payload[0]
+
     def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
         """Mean over ranks of a float tensor (returned on the CPU)."""
         if self.distributed:

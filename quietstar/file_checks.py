@@ -1,0 +1,138 @@
+"""Checks that name the file and the place of a problem: invalid UTF-8, invalid JSON lines, truncated safetensors.
+
+The data and evaluation loaders call the text checks only after reading failed, to turn an error that names neither
+file nor line into one that does; the checkpoint loaders call `check_safetensors_file` before loading weights.
+"""
+
+import codecs
+import json
+import struct
+from pathlib import Path
+
+_CHUNK_BYTES = 1 << 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: missing, not a checkpoint directory, or with a damaged weights file."""
+
+
+def invalid_utf8_offset(path: str | Path) -> int | None:
+    """Byte offset of the first byte of `path` that is not valid UTF-8, or None when the whole file is valid."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    consumed = 0
+    with open(path, "rb") as file:
+        while True:
+            chunk = file.read(_CHUNK_BYTES)
+            final = not chunk
+            try:
+                decoder.decode(chunk, final=final)
+            except UnicodeDecodeError as error:
+                # error.object is the undecoded tail of earlier chunks followed by this chunk.
+                return consumed - (len(error.object) - len(chunk)) + error.start
+            if final:
+                return None
+            consumed += len(chunk)
+
+
+def invalid_json_line(path: str | Path) -> tuple[int, str] | None:
+    """(line number, reason) of the first line of the JSON Lines file `path` that is not a JSON object.
+
+    Blank lines are allowed. A file whose first character is `[` is read as one JSON array instead, and the line of
+    its first syntax error is returned. Returns None when the file is valid.
+    """
+    with open(path, encoding="utf-8-sig") as file:
+        head = file.read(_CHUNK_BYTES).lstrip()
+    if head.startswith("["):
+        try:
+            json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        except json.JSONDecodeError as error:
+            return error.lineno, f"{error.msg} (column {error.colno})"
+        return None
+    with open(path, encoding="utf-8-sig") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line.rstrip("\r\n"))  # a trailing newline would move the error to a "line 2"
+            except json.JSONDecodeError as error:
+                return number, f"{error.msg} (column {error.colno})"
+            if not isinstance(value, dict):
+                return number, f"expected a JSON object, got {type(value).__name__}"
+    return None
+
+
+def text_file_problem(path: str | Path, json_lines: bool) -> str | None:
+    """`"PATH is not valid UTF-8 (byte N)"`, `"PATH line N is not valid JSON: ..."` or None when `path` reads."""
+    offset = invalid_utf8_offset(path)
+    if offset is not None:
+        return f"{path} is not valid UTF-8 (byte {offset})"
+    if json_lines:
+        problem = invalid_json_line(path)
+        if problem is not None:
+            return f"{path} line {problem[0]} is not valid JSON: {problem[1]}"
+    return None
+
+
+def check_safetensors_file(path: str | Path) -> None:
+    """Raise `CheckpointError` naming `path` when it is not a complete safetensors file.
+
+    A safetensors file is an 8-byte little-endian header length N, N bytes of JSON header giving every tensor's
+    `data_offsets`, then the tensor bytes; the file must be exactly as long as the header says.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path} is truncated: {size} bytes, too short for a safetensors header")
+        (header_bytes,) = struct.unpack("<Q", prefix)
+        if 8 + header_bytes > size:
+            raise CheckpointError(
+                f"{path} is truncated: its header needs {8 + header_bytes} bytes, the file has {size}"
+            )
+        try:
+            header = json.loads(file.read(header_bytes))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"{path} is not a safetensors file: unreadable header ({error})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors file: the header is not a JSON object")
+    try:
+        data_bytes = max(
+            (int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"), default=0
+        )
+    except (KeyError, TypeError, IndexError, ValueError):
+        raise CheckpointError(f"{path} is not a safetensors file: a header entry lacks data_offsets") from None
+    expected = 8 + header_bytes + data_bytes
+    if size < expected:
+        raise CheckpointError(f"{path} is truncated: its header describes {expected} bytes, the file has {size}")
+    if size > expected:
+        raise CheckpointError(f"{path} is damaged: its header describes {expected} bytes, the file has {size}")
+
+
+def check_weight_files(directory: str | Path) -> None:
+    """Check every safetensors file of the checkpoint `directory` (single file or the shards of an index)."""
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{index} is not a safetensors index: {error!r}") from None
+        names = sorted(set(weight_map.values()))
+        missing = [name for name in names if not (directory / name).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists weight files that are missing: {missing}")
+    else:
+        names = ["model.safetensors"] if (directory / "model.safetensors").is_file() else []
+    for name in names:
+        check_safetensors_file(directory / name)
+
+
+__all__ = [
+    "CheckpointError",
+    "check_safetensors_file",
+    "check_weight_files",
+    "invalid_json_line",
+    "invalid_utf8_offset",
+    "text_file_problem",
+]
