@@ -1,21 +1,33 @@
 """quietstar: Quiet-STaR (language models that think before speaking) for HuggingFace causal LMs.
 
-Importing the package registers `QuietStarConfig` and `QuietStarForCausalLM` with transformers' Auto classes, so
-`AutoModelForCausalLM.from_pretrained(checkpoint)` returns the thinking model. Checkpoints also carry the modeling
-code, so `trust_remote_code=True` loads them where the package is not installed.
+Importing the package registers the Quiet-STaR config and causal-LM class of every supported family (Mistral,
+Llama, Qwen2, Qwen3) with transformers' Auto classes, so `AutoModelForCausalLM.from_pretrained(checkpoint)` returns
+the thinking model. Checkpoints also carry the modeling code, so `trust_remote_code=True` loads them where the
+package is not installed.
 """
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .configuration_quietstar import QuietStarConfig
+from .configuration_quietstar_llama import QuietStarLlamaConfig
+from .configuration_quietstar_qwen2 import QuietStarQwen2Config
+from .configuration_quietstar_qwen3 import QuietStarQwen3Config
+from .families import FAMILIES, config_from_base, family_of, from_base
 from .meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT, add_thought_tokens
-from .modeling_quietstar import QuietStarCausalLMOutput, QuietStarForCausalLM, QuietStarMixingHead
+from .modeling_quietstar import QuietStarForCausalLM
+from .modeling_quietstar_llama import QuietStarLlamaForCausalLM
+from .modeling_quietstar_qwen2 import QuietStarQwen2ForCausalLM
+from .modeling_quietstar_qwen3 import QuietStarQwen3ForCausalLM
+from .thinking_config import QuietStarConfigMixin
+from .thinking_model import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarModelMixin
 from .tokenizer import load_mistral_tokenizer
 
-AutoConfig.register(QuietStarConfig.model_type, QuietStarConfig, exist_ok=True)
-AutoModelForCausalLM.register(QuietStarConfig, QuietStarForCausalLM, exist_ok=True)
-QuietStarConfig.register_for_auto_class()
-QuietStarForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+for _family in FAMILIES:
+    AutoConfig.register(_family.model_type, _family.config_class, exist_ok=True)
+    AutoModelForCausalLM.register(_family.config_class, _family.model_class, exist_ok=True)
+    _family.config_class.register_for_auto_class()
+    _family.model_class.register_for_auto_class("AutoModelForCausalLM")
+del _family
 
 __version__ = "0.1.0"
 
@@ -24,8 +36,19 @@ __all__ = [
     "START_OF_THOUGHT",
     "QuietStarCausalLMOutput",
     "QuietStarConfig",
+    "QuietStarConfigMixin",
     "QuietStarForCausalLM",
+    "QuietStarLlamaConfig",
+    "QuietStarLlamaForCausalLM",
     "QuietStarMixingHead",
+    "QuietStarModelMixin",
+    "QuietStarQwen2Config",
+    "QuietStarQwen2ForCausalLM",
+    "QuietStarQwen3Config",
+    "QuietStarQwen3ForCausalLM",
     "add_thought_tokens",
+    "config_from_base",
+    "family_of",
+    "from_base",
     "load_mistral_tokenizer",
 ]

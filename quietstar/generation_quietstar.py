@@ -93,7 +93,7 @@ class QuietStarGenerationMixin:
             thought_hidden.append(hidden)
             thoughts.append(tokens)
         mixed_hidden, weight = self.mixing_head.mix(base_hidden[:, keep], torch.stack(thought_hidden, dim=1))
-        return self.lm_head(mixed_hidden), torch.stack(thoughts, dim=1), weight.squeeze(-1)
+        return self.thinking_logits(mixed_hidden), torch.stack(thoughts, dim=1), weight.squeeze(-1)
 
     def _think_on_cache(
         self,
@@ -131,10 +131,9 @@ class QuietStarGenerationMixin:
                 use_cache=True,
             ).last_hidden_state
             if step < config.n_sampled_thought_tokens:
-                if forced_thought is None:
-                    next_tokens = self._pick_thought_tokens(self._thought_logits(hidden))[:, 0]
-                else:
-                    next_tokens = forced_thought[:, step]
+                next_tokens, _ = self._next_thought_tokens(
+                    hidden[:, 0], None if forced_thought is None else forced_thought[:, step]
+                )
                 tokens.append(next_tokens)
                 step_embeds = self.model.embed_tokens(next_tokens).unsqueeze(1)
             else:

@@ -2,26 +2,31 @@
 
 For each position i (after token x[i]) the table shows the thought generated there, the mixing weight w of the
 next-token prediction and the thought's reward as in training: the NLL of the next `n_ahead_talk` tokens without the
-thought minus their NLL with it (positive = the thought helped). An HTML heatmap colours every token by the reward
-(and by w) of the thought that follows it; hover a token to read its thought.
+thought minus their NLL with it (positive = the thought helped). As in training, only positions whose whole window
+x[i+1..i+A] lies inside the text have a reward (the last A positions have none). An HTML heatmap colours every token
+by the reward (and by w) of the thought that follows it; hover a token to read its thought.
 """
 
 import argparse
 import html
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .eval.checkpoint import load_checkpoint
+from .eval.checkpoint import load_checkpoint, resolve_checkpoint
+from .file_checks import CheckpointError
 from .losses_quietstar import look_ahead_scores
 
 
 @dataclass
 class ThoughtReport:
-    """Per position i of one text (L positions): `tokens[i]` = x[i] as text, `thoughts[i]` the thought after it,
-    `mixing_weights` (L,) w of the prediction of x[i+1], `rewards` (L,) summed NLL improvement over x[i+1..i+A],
-    `base_nll` / `mixed_nll` (L,) NLL of x[i+1] without / with the thought (NaN at the last position)."""
+    """Per position i of one text (L positions): `tokens[i]` = x[i] as it appears in the text (with its leading
+    space), `thoughts[i]` the thought after it, `mixing_weights` (L,) w of the prediction of x[i+1], `rewards` (L,)
+    summed NLL improvement over x[i+1..i+A] (NaN where that window runs past the text), `base_nll` / `mixed_nll`
+    (L,) NLL of x[i+1] without / with the thought (NaN at the last position)."""
 
     tokens: list[str]
     thoughts: list[str]
@@ -29,6 +34,31 @@ class ThoughtReport:
     rewards: torch.Tensor
     base_nll: torch.Tensor
     mixed_nll: torch.Tensor
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """The text of every token as it appears in `tokenizer.decode(ids)`, leading space included.
+
+    Decoding a SentencePiece token on its own drops its leading-space marker ("▁Q" -> "Q"), so each token's text is
+    what it adds to the decoded prefix. The texts concatenate to `tokenizer.decode(ids)`; a character split over
+    several byte tokens belongs to the byte that completes it (the others get "").
+    """
+    texts, shown = [], ""
+    for end in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:end])
+        if text.endswith("\ufffd") and end < len(ids):
+            texts.append("")  # an incomplete multi-byte character: wait for the byte that completes it
+            continue
+        texts.append(text[len(os.path.commonprefix([shown, text])):])
+        shown = text
+    return texts
+
+
+def decode_after(tokenizer, context_ids: list[int], ids: list[int]) -> str:
+    """The text `ids` add after `context_ids`, so that a leading space of the first token is kept."""
+    before = tokenizer.decode(context_ids)
+    text = tokenizer.decode(context_ids + ids)
+    return text[len(os.path.commonprefix([before, text])):]
 
 
 @torch.no_grad()
@@ -39,13 +69,15 @@ def inspect_text(model, tokenizer, text: str) -> ThoughtReport:
         raise ValueError("the text must encode to at least two tokens")
     model.eval()
     passes = model.run_parallel_thoughts(input_ids, n_ahead_talk=model.config.n_ahead_talk)
-    scores = look_ahead_scores(passes.base_logits, passes.talk_logits, input_ids)
+    scores = look_ahead_scores(passes.base_hidden, passes.talk_hidden, input_ids, model.lm_head.weight)
     last = torch.full((1,), float("nan"), device=input_ids.device)
+    ids = input_ids[0].tolist()
+    thoughts = passes.thought_ids[0].tolist()  # (L, T - 2)
     return ThoughtReport(
-        tokens=[tokenizer.decode([token]) for token in input_ids[0].tolist()],
-        thoughts=[tokenizer.decode(thought) for thought in passes.thought_ids[0].tolist()],
+        tokens=token_texts(tokenizer, ids),
+        thoughts=[decode_after(tokenizer, [token], thought) for token, thought in zip(ids, thoughts)],
         mixing_weights=passes.mixing_weights[0][0].float().cpu(),
-        rewards=scores.rewards[0].float().cpu(),
+        rewards=scores.rewards[0].float().masked_fill(~scores.rewarded[0], float("nan")).cpu(),
         base_nll=torch.cat([scores.base_nll[0, :-1], last]).float().cpu(),
         mixed_nll=torch.cat([scores.talk_nll[0][0, :-1], last]).float().cpu(),
     )
@@ -62,15 +94,18 @@ def format_table(report: ThoughtReport, width: int = 40) -> str:
     lines = [header, "-" * len(header)]
     for i, (token, thought) in enumerate(zip(report.tokens, report.thoughts)):
         nll = "" if i == len(report.tokens) - 1 else f"{report.base_nll[i]:.3f}->{report.mixed_nll[i]:.3f}"
+        reward = "" if math.isnan(report.rewards[i]) else f"{report.rewards[i]:.3f}"
         lines.append(
             f"{i:>4}  {cell(token, 14):<14}  {cell(thought, width):<{width}}  {report.mixing_weights[i]:>7.3f}  "
-            f"{report.rewards[i]:>8.3f}  {nll:>16}"
+            f"{reward:>8}  {nll:>16}"
         )
     return "\n".join(lines)
 
 
 def _colour(value: float, scale: float) -> str:
-    """Green for positive, red for negative values, saturating at |value| = scale."""
+    """Green for positive, red for negative values, saturating at |value| = scale; grey for NaN (no value)."""
+    if math.isnan(value):
+        return "hsla(0, 0%, 50%, 0.15)"
     strength = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
     hue = 120 if value >= 0 else 0
     return f"hsla({hue}, 70%, 45%, {0.08 + 0.8 * strength:.3f})"
@@ -80,10 +115,11 @@ def format_html(report: ThoughtReport, title: str) -> str:
     """A self-contained HTML page with two heatmaps over the text: thought reward and mixing weight."""
     sections = []
     for name, values in (("reward of the thought after each token", report.rewards), ("mixing weight w", report.mixing_weights)):
-        scale = float(values.abs().max()) or 1.0
+        scale = float(values.abs().nan_to_num(0.0).max()) or 1.0
         spans = []
         for i, token in enumerate(report.tokens):
-            tip = f"pos {i} | thought: {report.thoughts[i]} | w={report.mixing_weights[i]:.3f} | reward={report.rewards[i]:.3f}"
+            reward = "none (window past the text)" if math.isnan(report.rewards[i]) else f"{report.rewards[i]:.3f}"
+            tip = f"pos {i} | thought: {report.thoughts[i]} | w={report.mixing_weights[i]:.3f} | reward={reward}"
             text = html.escape(token).replace("\n", "&#8629;<br>")
             spans.append(f'<span title="{html.escape(tip)}" style="background:{_colour(float(values[i]), scale)}">{text}</span>')
         sections.append(f"<h2>{html.escape(name)} (scale &plusmn;{scale:.3g})</h2><div class=\"text\">{''.join(spans)}</div>")
@@ -102,7 +138,10 @@ def format_html(report: ThoughtReport, title: str) -> str:
 def main(argv=None) -> ThoughtReport:
     parser = argparse.ArgumentParser(prog="python -m quietstar.inspect", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--text", required=True)
+    parser.add_argument(
+        "--text", required=True,
+        help="the text to inspect; in bash, $'...' quoting passes a real newline: $'Q: 1 + 1 = ?\\nA: 2'",
+    )
     parser.add_argument("--html", type=Path, default=Path("thoughts.html"), help="where to write the heatmap")
     parser.add_argument("--thought-temperature", type=float, default=0.0, help="0 = greedy thoughts")
     parser.add_argument("--seed", type=int, default=0)
@@ -111,9 +150,13 @@ def main(argv=None) -> ThoughtReport:
     args = parser.parse_args(argv)
     if args.thought_temperature < 0:
         parser.error("--thought-temperature must be >= 0")
-    model, tokenizer = load_checkpoint(
-        args.checkpoint, args.device, args.dtype, inference_thought_temperature=args.thought_temperature
-    )
+    try:
+        model, tokenizer = load_checkpoint(
+            resolve_checkpoint(args.checkpoint), args.device, args.dtype,
+            inference_thought_temperature=args.thought_temperature,
+        )
+    except CheckpointError as error:
+        raise SystemExit(f"error: checkpoint: {error}") from None
     torch.manual_seed(args.seed)
     report = inspect_text(model, tokenizer, args.text)
     print(format_table(report))

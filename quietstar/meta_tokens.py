@@ -3,7 +3,7 @@
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .modeling_quietstar import QuietStarForCausalLM
+from .thinking_model import QuietStarModelMixin
 
 START_OF_THOUGHT = "<|startofthought|>"
 END_OF_THOUGHT = "<|endofthought|>"
@@ -11,7 +11,7 @@ END_OF_THOUGHT = "<|endofthought|>"
 
 @torch.no_grad()
 def add_thought_tokens(
-    model: QuietStarForCausalLM, tokenizer: PreTrainedTokenizerBase, init_text: str = "---"
+    model: QuietStarModelMixin, tokenizer: PreTrainedTokenizerBase, init_text: str = "---"
 ) -> tuple[int, int]:
     """Add `<|startofthought|>` and `<|endofthought|>` to `tokenizer` and `model`; return their ids.
 

@@ -1,9 +1,10 @@
-"""Thinking generation through stock `generate()`: oracle per token, thinking off = Mistral, cost, cache coherence."""
+"""Thinking generation through stock `generate()`: oracle per token (every family), thinking off = the plain model,
+cost, cache coherence."""
 
 import pytest
 import torch
 from tiny import END_ID, START_ID, TINY_VOCAB, tiny_config, tiny_model
-from transformers import DynamicCache, MistralForCausalLM
+from transformers import DynamicCache, MistralConfig, MistralForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
 from quietstar import QuietStarConfig
@@ -26,11 +27,14 @@ def plain_hidden(model, token_ids: list[int]) -> torch.Tensor:
 
 
 def oracle_logits(model, context: list[int], thought: list[int]) -> torch.Tensor:
-    """Fresh non-cached forward of context + <start> thought <end>, mixed with the base state of the context."""
+    """Fresh non-cached forward of context + <start> thought <end>, mixed with the base state of the context; the two
+    meta tokens get the lowest finite logit (a thinking model never predicts them)."""
     h_base = plain_hidden(model, context)
     h_thought = plain_hidden(model, context + [START_ID, *thought, END_ID])
     mixed, _ = model.mixing_head.mix(h_base, h_thought)
-    return model.lm_head(mixed)
+    logits = model.lm_head(mixed)
+    logits[..., [START_ID, END_ID]] = torch.finfo(logits.dtype).min
+    return logits
 
 
 DECODING = {
@@ -39,10 +43,19 @@ DECODING = {
 }
 
 
-@pytest.mark.parametrize("decoding", list(DECODING))
-@pytest.mark.parametrize("thought_temperature", [0.0, 1.0])
-def test_each_generated_token_matches_fresh_forward_of_context_and_thought(decoding, thought_temperature):
-    model = tiny_model(inference_thought_temperature=thought_temperature).eval()
+ORACLE_CASES = [
+    *(("mistral", decoding, temperature) for decoding in DECODING for temperature in (0.0, 1.0)),
+    ("llama", "sampling", 1.0),
+    ("qwen2", "greedy", 1.0),
+    ("qwen3", "sampling", 0.0),
+]
+
+
+@pytest.mark.parametrize(("family", "decoding", "thought_temperature"), ORACLE_CASES)
+def test_each_generated_token_matches_fresh_forward_of_context_and_thought(family, decoding, thought_temperature):
+    """Each token, thought and mixing weight of cached generation equals a fresh forward of context + thought, so
+    every thought was cropped out of the cache before the next token."""
+    model = tiny_model(family=family, inference_thought_temperature=thought_temperature).eval()
     model.generation_config.suppress_tokens = [START_ID, END_ID]
     input_ids, attention_mask = left_padded_prompt()
     torch.manual_seed(0)
@@ -113,9 +126,9 @@ def test_meta_tokens_are_never_emitted_even_when_most_likely():
         model.lm_head.weight[[START_ID, END_ID]] *= 50  # make the meta tokens the model's favourites
     input_ids, attention_mask = left_padded_prompt()
     kwargs = dict(attention_mask=attention_mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    unsuppressed = model.generate(input_ids, **kwargs)[:, PROMPT_LENGTH:]
-    assert torch.isin(unsuppressed, torch.tensor([START_ID, END_ID])).any()  # the test can fail
-    model.generation_config.suppress_tokens = [START_ID, END_ID]  # what add_thought_tokens sets
+    assert model.generation_config.suppress_tokens is None  # nothing but the model itself masks them
+    plain = model.generate(input_ids, thinking=False, **kwargs)[:, PROMPT_LENGTH:]
+    assert torch.isin(plain, torch.tensor([START_ID, END_ID])).any()  # the test can fail
     out = model.generate_with_thoughts(input_ids, **kwargs)
     for tokens in (out.sequences[:, PROMPT_LENGTH:], out.thought_ids):
         assert not torch.isin(tokens, torch.tensor([START_ID, END_ID])).any()
@@ -164,7 +177,7 @@ def test_prefill_with_cache_returns_all_mixed_logits_and_a_cache_of_real_tokens(
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # what generate() passes; thinking's default
         plain = model(input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, thinking=False)
     assert parallel.past_key_values is None
-    torch.testing.assert_close(prefill.logits, parallel.logits, rtol=0, atol=0)
+    torch.testing.assert_close(prefill.logits, parallel.logits, rtol=1e-6, atol=1e-6)
     assert torch.equal(prefill.thought_ids, parallel.thought_ids)
     cache, plain_cache = prefill.past_key_values, plain.past_key_values
     assert cache.get_seq_length() == PROMPT_LENGTH
@@ -208,7 +221,8 @@ def test_bad_generation_requests_raise_clear_errors():
     model = tiny_model().eval()
     input_ids = left_padded_prompt()[0]
     with pytest.raises(ValueError, match="croppable"):
-        model(input_ids, past_key_values=DynamicCache(config=tiny_config(sliding_window=4)))
+        sliding = MistralConfig(**{**tiny_config().to_diff_dict(), "model_type": "mistral", "sliding_window": 4})
+        model(input_ids, past_key_values=DynamicCache(config=sliding))
     with pytest.raises(ValueError, match="beam search"):
         model.generate_with_thoughts(input_ids, num_beams=2, max_new_tokens=2)
     with pytest.raises(ValueError, match="thinking"):

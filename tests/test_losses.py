@@ -4,9 +4,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny import TINY_VOCAB, tiny_model
 
-from quietstar.losses_quietstar import IGNORE_INDEX, quietstar_loss, reinforce_advantage
+from quietstar.losses_quietstar import (
+    IGNORE_INDEX,
+    complete_windows,
+    look_ahead_scores,
+    quietstar_loss,
+    reinforce_advantage,
+)
 
 
 def nll(logits_row, target):
@@ -14,57 +21,96 @@ def nll(logits_row, target):
     return -(logits_row[target] - math.log(sum(math.exp(v) for v in logits_row)))
 
 
-def test_loss_parts_match_a_hand_computation():
-    # B = 1 sequence, N = 2 thoughts, L = 4, V = 3, A = 2; the last token of the sequence is padding.
-    generator = torch.Generator().manual_seed(0)
-    base_logits = torch.randn(2, 4, 3, generator=generator)
-    base_logits[1] = base_logits[0]  # both thought copies share the base pass
-    talk_logits = [torch.randn(2, 4, 3, generator=generator) for _ in range(2)]
-    thought_logprobs = -torch.rand(2, 4, generator=generator)
-    labels = torch.tensor([[2, 0, 1, IGNORE_INDEX]] * 2)
-    losses = quietstar_loss(
-        base_logits,
-        talk_logits,
-        thought_logprobs,
-        labels,
-        n_thoughts=2,
-        base_loss_weight=0.3,
-        policy_loss_weight=10.0,
-        clip_negative_rewards=True,
-    )
+def hand_losses(base_logits, talk_logits, thought_logprobs, rows, n_thoughts, base_weight, policy_weight):
+    """The Quiet-STaR loss written out position by position, with plain Python numbers.
 
-    seq = [2, 0, 1]  # real tokens
+    `rows[r]` are the real tokens of row r (B' = len(rows) rows, right padding after them). A reward and a REINFORCE
+    term exist only where all A targets x[i+1..i+A] are real tokens; the NLL terms use every real target.
+    """
+    n_ahead = len(talk_logits)
     b = base_logits.tolist()
-    base_nll_at = {i: nll(b[0][i], seq[i + 1]) for i in range(2)}  # position i predicts x[i+1]; 2 scored positions
-    expected_base = sum(base_nll_at.values()) / 2
     t = [lg.tolist() for lg in talk_logits]
+    base_nll = {(r, i): nll(b[r][i], row[i + 1]) for r, row in enumerate(rows) for i in range(len(row) - 1)}
     thought_nll_j = []
-    rewards = [[0.0] * 4 for _ in range(2)]
-    for j in (1, 2):
-        terms = []
-        for n in range(2):
-            for i in range(4):
-                if i + j < 3:  # target x[i + j] is a real token
-                    value = nll(t[j - 1][n][i], seq[i + j])
-                    terms.append(value)
-                    rewards[n][i] += base_nll_at[i + j - 1] - value
+    for j in range(1, n_ahead + 1):
+        terms = [nll(t[j - 1][r][i], row[i + j]) for r, row in enumerate(rows) for i in range(len(row) - j)]
         thought_nll_j.append(sum(terms) / len(terms))
-    expected_thought = sum(thought_nll_j) / 2
-    policy_terms = []
-    for n in range(2):
-        for i in range(2):  # positions with a next-token target
-            advantage = max(0.0, rewards[n][i] - (rewards[0][i] + rewards[1][i]) / 2)
-            policy_terms.append(-advantage * thought_logprobs[n, i].item())
-    expected_policy = sum(policy_terms) / len(policy_terms)
-    expected_reward = sum(rewards[n][i] for n in range(2) for i in range(2)) / 4
+    rewards = {}
+    for r, row in enumerate(rows):
+        for i in range(len(row) - n_ahead):  # complete windows only
+            rewards[r, i] = sum(base_nll[r, i + j - 1] - nll(t[j - 1][r][i], row[i + j]) for j in range(1, n_ahead + 1))
+    policy_terms, advantages = [], []
+    for (r, i), reward in rewards.items():
+        group = [rewards[g, i] for g in range(r - r % n_thoughts, r - r % n_thoughts + n_thoughts)]
+        advantage = max(0.0, reward - sum(group) / n_thoughts)
+        advantages.append(advantage)
+        policy_terms.append(-advantage * thought_logprobs[r, i].item())
+    base = sum(base_nll.values()) / len(base_nll)
+    thought = sum(thought_nll_j) / n_ahead
+    policy = sum(policy_terms) / len(policy_terms)
+    return {
+        "base_nll": base,
+        "thought_nll": thought,
+        "policy_loss": policy,
+        "mean_reward": sum(rewards.values()) / len(rewards),
+        "mean_advantage": sum(advantages) / len(advantages),
+        "loss": base_weight * base + (1 - base_weight) * thought + policy_weight * policy,
+        "rewarded": sorted(rewards),
+    }
 
-    assert losses.base_nll.item() == pytest.approx(expected_base, rel=1e-5)
-    assert losses.thought_nll.item() == pytest.approx(expected_thought, rel=1e-5)
-    assert losses.policy_loss.item() == pytest.approx(expected_policy, rel=1e-5, abs=1e-7)
-    assert losses.mean_reward.item() == pytest.approx(expected_reward, rel=1e-5, abs=1e-7)
-    assert expected_policy != 0
-    expected_loss = 0.3 * expected_base + 0.7 * expected_thought + 10.0 * expected_policy
-    assert losses.loss.item() == pytest.approx(expected_loss, rel=1e-5)
+
+@pytest.mark.parametrize(
+    ("rows", "length", "n_ahead"),
+    [
+        ([[2, 0, 1, 2, 0]] * 2, 5, 2),  # no padding: the last A positions have incomplete windows
+        ([[2, 0, 1, 2, 0, 1, 1]] * 2 + [[1, 2, 0]] * 2, 7, 3),  # second sequence padded, its only window cut short
+        ([[2, 0, 1, 2, 0, 1, 1, 0]] * 2 + [[1, 2, 0, 0, 2]] * 2, 8, 2),  # padding after a short row
+    ],
+)
+def test_loss_parts_match_a_hand_computation_over_complete_windows(rows, length, n_ahead):
+    # B = len(rows) / 2 sequences, N = 2 thoughts, V = 3; each row is right-padded to `length` with -100 labels.
+    generator = torch.Generator().manual_seed(length)
+    n_rows, hidden_size = len(rows), 4
+    lm_head = torch.randn(3, hidden_size, generator=generator, dtype=torch.float64)
+    base_hidden = torch.randn(n_rows, length, hidden_size, generator=generator, dtype=torch.float64)
+    base_hidden[1::2] = base_hidden[0::2]  # the thought copies of one sequence share the base pass
+    talk_hidden = [torch.randn(n_rows, length, hidden_size, generator=generator, dtype=torch.float64) for _ in range(n_ahead)]
+    thought_logprobs = -torch.rand(n_rows, length, generator=generator, dtype=torch.float64)
+    labels = torch.full((n_rows, length), IGNORE_INDEX)
+    for r, row in enumerate(rows):
+        labels[r, : len(row)] = torch.tensor(row)
+    scores = look_ahead_scores(base_hidden, talk_hidden, labels, lm_head)
+    losses = quietstar_loss(
+        scores, thought_logprobs, n_thoughts=2, base_loss_weight=0.3, policy_loss_weight=10.0, clip_negative_rewards=True
+    )
+    expected = hand_losses(
+        base_hidden @ lm_head.T, [h @ lm_head.T for h in talk_hidden], thought_logprobs, rows, 2, 0.3, 10.0
+    )
+    assert sorted(map(tuple, scores.rewarded.nonzero().tolist())) == expected["rewarded"]
+    for part in ("base_nll", "thought_nll", "policy_loss", "mean_reward", "mean_advantage", "loss"):
+        assert getattr(losses, part).item() == pytest.approx(expected[part], rel=1e-9, abs=1e-12), part
+    assert expected["policy_loss"] != 0
+
+
+def test_complete_windows_drop_short_and_padded_windows():
+    labels = torch.tensor([[5, 6, 7, 8, IGNORE_INDEX, IGNORE_INDEX], [5, IGNORE_INDEX, 7, 8, 9, 10]])
+    # Row 1: position 0's window holds an ignored label; position 1 (itself ignored) has a complete window.
+    expected = torch.tensor([[True, True, False, False, False, False], [False, True, True, True, False, False]])
+    assert torch.equal(complete_windows(labels, 2), expected)
+
+
+def test_padding_positions_get_no_reward_even_before_real_tokens():
+    """Left padding: the pad position's window is real, but the position itself thinks about nothing."""
+    generator = torch.Generator().manual_seed(0)
+    lm_head = torch.randn(5, 4, generator=generator)
+    hidden = [torch.randn(2, 6, 4, generator=generator) for _ in range(3)]
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3, 4, 0]] * 2)
+    attention_mask = torch.tensor([[0, 1, 1, 1, 1, 1]] * 2)
+    without_mask = look_ahead_scores(hidden[0], hidden[1:], labels, lm_head)
+    with_mask = look_ahead_scores(hidden[0], hidden[1:], labels, lm_head, attention_mask)
+    assert without_mask.rewarded[:, 0].all() and not with_mask.rewarded[:, 0].any()
+    assert torch.equal(with_mask.rewarded[:, 1:], without_mask.rewarded[:, 1:])
+    assert (with_mask.rewards[:, 0] == 0).all()
 
 
 def test_advantage_has_zero_mean_per_position_before_clipping():
@@ -105,3 +151,64 @@ def test_training_loss_is_the_weighted_sum_of_its_parts():
     output = model(torch.randint(0, TINY_VOCAB - 2, (2, 9)))
     expected = 0.25 * output.base_loss + 0.75 * output.thought_loss + 3.0 * output.policy_loss
     torch.testing.assert_close(output.loss.detach(), expected)
+
+
+def unfused_linear_cross_entropy(hidden, weight, targets, *, ignore_index, chunk_size):
+    """The plain computation: full (rows, V) logits, then cross-entropy (what autograd would keep is all of it)."""
+    logits = F.linear(hidden, weight)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=ignore_index, reduction="none").view_as(targets)
+
+
+def unfused_sample_thought_tokens(hidden, weight, *, banned_ids, sample_temperature, logprob_temperature, given_tokens, chunk_size):
+    logits = F.linear(hidden, weight)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).index_fill(-1, banned_ids, float("-inf"))
+    tokens = given_tokens
+    if tokens is None:
+        probs = torch.softmax(logits.detach() / sample_temperature, dim=-1)
+        tokens = torch.distributions.Categorical(probs=probs).sample()
+    if logprob_temperature is None:
+        return tokens, None
+    logprobs = torch.log_softmax(logits / logprob_temperature, dim=-1)
+    return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 2e-5), (torch.float64, 1e-10)])
+def test_chunked_lm_head_paths_match_the_unfused_computation(monkeypatch, dtype, tolerance):
+    """Loss parts and gradients of a padded N = 2 training forward: chunked (3 rows per chunk) vs full logits."""
+    import quietstar.losses_quietstar as losses_module
+    import quietstar.thinking_model as modeling_module
+
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, TINY_VOCAB - 2, (2, 9), generator=generator)
+    attention_mask = torch.ones(2, 9, dtype=torch.long)
+    attention_mask[0, :2] = 0  # left padding
+    attention_mask[1, -3:] = 0  # right padding
+    thought_ids = torch.randint(0, TINY_VOCAB - 2, (2, 2, 9, 3), generator=generator)
+
+    def run():
+        model = tiny_model(policy_loss_weight=50.0, lm_head_chunk_size=3).to(dtype).train()
+        output = model(input_ids, attention_mask=attention_mask, thought_ids=thought_ids)
+        output.loss.backward()
+        parts = {name: getattr(output, name) for name in ("loss", "base_loss", "thought_loss", "policy_loss", "mean_reward")}
+        return parts, {name: p.grad for name, p in model.named_parameters()}
+
+    chunked_parts, chunked_grads = run()
+    monkeypatch.setattr(losses_module, "linear_cross_entropy", unfused_linear_cross_entropy)
+    monkeypatch.setattr(modeling_module, "sample_thought_tokens", unfused_sample_thought_tokens)
+    unfused_parts, unfused_grads = run()
+    assert chunked_parts["policy_loss"] != 0
+    for name, value in unfused_parts.items():
+        torch.testing.assert_close(chunked_parts[name], value, rtol=tolerance, atol=tolerance, msg=name)
+    for name, grad in unfused_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=tolerance, atol=tolerance, msg=name)
+
+
+def test_chunk_size_does_not_change_the_loss():
+    results = []
+    for chunk_size in (1, 7, 4096):
+        model = tiny_model(lm_head_chunk_size=chunk_size).double().train()
+        torch.manual_seed(3)
+        results.append(model(torch.randint(0, TINY_VOCAB - 2, (2, 8))).loss.detach())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results[0], results[2], rtol=1e-12, atol=1e-12)

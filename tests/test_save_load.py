@@ -6,9 +6,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
-from tiny import TINY_VOCAB, tiny_model
-from transformers import AutoConfig, AutoModelForCausalLM, MistralConfig
+from tiny import FAMILY_FIELDS, FAMILY_NAMES, PLAIN_MODEL_CLASSES, TINY_VOCAB, tiny_model
+from transformers import AutoConfig, AutoModelForCausalLM
 
 import quietstar
 from quietstar import QuietStarForCausalLM, add_thought_tokens
@@ -16,19 +17,30 @@ from quietstar import QuietStarForCausalLM, add_thought_tokens
 QUIETSTAR_FIELDS = (
     "n_thought_tokens", "n_ahead_talk", "n_thoughts", "thought_temperature", "reinforce_temperature",
     "policy_loss_weight", "base_loss_weight", "meta_embedding_scale", "clip_negative_rewards",
-    "start_thought_token_id", "end_thought_token_id", "thinking", "attention_impl",
+    "start_thought_token_id", "end_thought_token_id", "thinking", "attention_impl", "lm_head_chunk_size",
 )
+SHARED_CODE_FILES = {
+    "thinking_model.py", "thinking_config.py", "attention_quietstar.py", "generation_quietstar.py",
+    "losses_quietstar.py", "chunked_lm_head.py",
+}
 
 
-def test_round_trip_through_auto_model_keeps_weights_and_config(tmp_path):
-    model = tiny_model(n_thought_tokens=4, reinforce_temperature=2.5, n_thoughts=3).eval()
+def family_code_files(family: str) -> set[str]:
+    """The modeling files a checkpoint of `family` carries for trust_remote_code: its own two plus the shared ones."""
+    suffix = "" if family == "mistral" else f"_{family}"
+    return {f"modeling_quietstar{suffix}.py", f"configuration_quietstar{suffix}.py"} | SHARED_CODE_FILES
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_round_trip_through_auto_model_keeps_weights_and_config(tmp_path, family):
+    model = tiny_model(family=family, n_thought_tokens=4, reinforce_temperature=2.5, n_thoughts=3).eval()
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["model_type"] == "quietstar" and "AutoModelForCausalLM" in saved["auto_map"]
-    assert {"modeling_quietstar.py", "attention_quietstar.py", "configuration_quietstar.py"} <= set(os.listdir(tmp_path))
+    assert saved["model_type"] == quietstar.family_of(family).model_type and "AutoModelForCausalLM" in saved["auto_map"]
+    assert {name for name in os.listdir(tmp_path) if name.endswith(".py")} == family_code_files(family)
 
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(loaded) is QuietStarForCausalLM
+    assert type(loaded) is quietstar.family_of(family).model_class
     for field in QUIETSTAR_FIELDS:
         assert getattr(loaded.config, field) == getattr(model.config, field), field
     original, reloaded = model.state_dict(), loaded.state_dict()
@@ -39,12 +51,13 @@ def test_round_trip_through_auto_model_keeps_weights_and_config(tmp_path):
     assert torch.count_nonzero(loaded.thought_embeddings.weight) > 0  # not re-initialised on load
     input_ids = torch.randint(0, TINY_VOCAB - 2, (1, 7))
     with torch.no_grad():
-        assert torch.equal(model(input_ids).logits, loaded(input_ids).logits)
-    assert isinstance(AutoConfig.from_pretrained(tmp_path), quietstar.QuietStarConfig)
+        torch.testing.assert_close(loaded(input_ids).logits, model(input_ids).logits, rtol=1e-6, atol=1e-6)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), quietstar.family_of(family).config_class)
 
 
-def test_trust_remote_code_loads_without_the_package(tmp_path):
-    model = tiny_model().eval()
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_trust_remote_code_loads_without_the_package(tmp_path, family):
+    model = tiny_model(family=family).eval()
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
     input_ids = torch.randint(0, TINY_VOCAB - 2, (1, 7))
@@ -109,19 +122,25 @@ def test_add_thought_tokens_to_a_real_tokenizer_keeps_existing_rows(mistral_toke
     assert loaded.generation_config.suppress_tokens == model.generation_config.suppress_tokens
 
 
-def test_mistral_weights_load_into_quietstar_with_only_new_parts_missing(tmp_path):
-    from transformers import MistralForCausalLM
-
-    base_config = MistralConfig(
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_from_base_loads_a_plain_checkpoint_of_each_family(tmp_path, family):
+    """One call turns a base checkpoint into the family's thinking model; only the new parts are initialised."""
+    fields = dict(
         vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2,
+        num_attention_heads=4, num_key_value_heads=2, **FAMILY_FIELDS[family],
     )
+    plain_class = PLAIN_MODEL_CLASSES[family]
     torch.manual_seed(0)
-    MistralForCausalLM(base_config).save_pretrained(tmp_path)
-    fields = base_config.to_dict()
-    for key in ("model_type", "architectures", "transformers_version", "sliding_window"):
-        fields.pop(key, None)
-    config = quietstar.QuietStarConfig(**fields)
-    model, info = QuietStarForCausalLM.from_pretrained(tmp_path, config=config, output_loading_info=True)
-    assert {k.split(".")[0] for k in info["missing_keys"]} == {"mixing_head", "thought_embeddings"}
+    plain = plain_class(plain_class.config_class(**fields)).eval()
+    plain.save_pretrained(tmp_path)
+    model = quietstar.from_base(str(tmp_path), n_thought_tokens=4, n_thoughts=3)
+    assert type(model) is quietstar.family_of(family).model_class
+    assert (model.config.n_thought_tokens, model.config.n_thoughts) == (4, 3)
     assert torch.count_nonzero(model.mixing_head.output.weight) == 0
+    for name, tensor in plain.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    input_ids = torch.randint(0, TINY_VOCAB, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.eval()(input_ids, thinking=False).logits, plain(input_ids).logits, rtol=1e-6, atol=1e-6
+        )

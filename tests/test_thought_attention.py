@@ -14,9 +14,15 @@ def random_inputs(batch, heads, kv_heads, length, passes, head_dim, seed, dtype=
 
     query = rand(batch, heads, length, head_dim)
     base_key, base_value = rand(batch, kv_heads, length, head_dim), rand(batch, kv_heads, length, head_dim)
-    thought_keys = rand(batch, kv_heads, passes, length, head_dim)
-    thought_values = rand(batch, kv_heads, passes, length, head_dim)
+    thought_keys = [rand(batch, kv_heads, length, head_dim) for _ in range(passes)]
+    thought_values = [rand(batch, kv_heads, length, head_dim) for _ in range(passes)]
     return query, base_key, base_value, thought_keys, thought_values
+
+
+def leaves(inputs):
+    """The differentiable tensors of `random_inputs`, the per-pass lists flattened."""
+    query, base_key, base_value, thought_keys, thought_values = inputs
+    return [query, base_key, base_value, *thought_keys, *thought_values]
 
 
 def explicit_loop(query, base_key, base_value, thought_keys, thought_values, key_padding_mask, scaling):
@@ -29,8 +35,8 @@ def explicit_loop(query, base_key, base_value, thought_keys, thought_values, key
             kv = h // groups
             for i in range(length):
                 visible = [j for j in range(i + 1) if key_padding_mask is None or key_padding_mask[b, j]]
-                keys = torch.cat([base_key[b, kv, visible], thought_keys[b, kv, :, i]])
-                values = torch.cat([base_value[b, kv, visible], thought_values[b, kv, :, i]])
+                keys = torch.cat([base_key[b, kv, visible], *(key[b, kv, i, None] for key in thought_keys)])
+                values = torch.cat([base_value[b, kv, visible], *(value[b, kv, i, None] for value in thought_values)])
                 probs = torch.softmax(keys @ query[b, h, i] * scaling, dim=0)
                 out[b, h, i] = probs @ values
     return out.transpose(1, 2)
@@ -51,7 +57,7 @@ def test_torch_matches_dense_forward_and_gradients(heads, kv_heads, length, pass
     for impl in ("dense", "torch"):
         out = thought_attention(*inputs, mask, 0.3, impl)
         grad_out = torch.ones_like(out).mul_(torch.arange(out.shape[-1], dtype=out.dtype))
-        grads = torch.autograd.grad(out, inputs, grad_out)
+        grads = torch.autograd.grad(out, leaves(inputs), grad_out)
         results[impl] = (out, grads)
     torch.testing.assert_close(results["torch"][0], results["dense"][0])
     for grad_torch, grad_dense in zip(results["torch"][1], results["dense"][1]):
@@ -73,9 +79,30 @@ def test_bad_arguments_are_named():
         thought_attention(*inputs, None)
     with pytest.raises(ValueError, match="unknown thought attention implementation 'flash'"):
         thought_attention(*random_inputs(1, 4, 2, 4, 1, 8, seed=0), None, impl="flash")
+    query, base_key, base_value, thought_keys, thought_values = random_inputs(1, 4, 2, 4, 2, 8, seed=0)
+    with pytest.raises(ValueError, match="same number"):
+        thought_attention(query, base_key, base_value, thought_keys, thought_values[:1], None)
 
 
-def test_auto_resolves_by_device():
-    assert resolve_attention_impl("auto", torch.device("cpu")) == "torch"
-    assert resolve_attention_impl("auto", torch.device("cuda")) == "triton"
-    assert resolve_attention_impl("dense", torch.device("cuda")) == "dense"
+def test_torch_keeps_each_pass_once_for_backward():
+    """Beyond its inputs, one call saves only the (B, H, L, L + p) probabilities and the L x L causal mask: no copy of
+    q or of the passes' K/V per pass (which would add up to a P^2 term over a training step)."""
+    batch, heads, length, head_dim = 1, 4, 16, 8
+
+    def saved_bytes(passes):
+        inputs = random_inputs(batch, heads, 2, length, passes, head_dim, seed=0, dtype=torch.float32)
+        storages = {}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            thought_attention(*inputs, None, impl="torch")
+        input_ptrs = {t.untyped_storage().data_ptr() for t in leaves(inputs)}
+        return sum(n for ptr, n in storages.items() if ptr not in input_ptrs)
+
+    probabilities = batch * heads * length * 4  # bytes of one more column of fp32 probabilities
+    assert saved_bytes(1) == batch * heads * length * (length + 1) * 4 + length * length
+    assert saved_bytes(9) - saved_bytes(1) == 8 * probabilities

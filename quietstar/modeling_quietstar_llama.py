@@ -1,0 +1,26 @@
+"""Quiet-STaR on Llama: `LlamaForCausalLM` that thinks before each token.
+
+Llama 3.x (and Llama 2): rope_scaling of type "llama3" and tied or untied embeddings come from
+`LlamaConfig` and `LlamaForCausalLM` unchanged. The algorithm is `thinking_model.QuietStarModelMixin`, shared by every family.
+"""
+
+from transformers import LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaAttention
+
+from .attention_quietstar import ThoughtAttentionMixin
+from .configuration_quietstar_llama import QuietStarLlamaConfig
+from .thinking_model import QuietStarModelMixin
+
+
+class QuietStarLlamaAttention(ThoughtAttentionMixin, LlamaAttention):
+    """Llama attention that also runs the thought passes (`ThoughtAttentionMixin`)."""
+
+
+class QuietStarLlamaForCausalLM(QuietStarModelMixin, LlamaForCausalLM):
+    """Llama causal LM with Quiet-STaR thinking; see `QuietStarModelMixin` and `QuietStarLlamaConfig`."""
+
+    config_class = QuietStarLlamaConfig
+    thought_attention_class = QuietStarLlamaAttention
+
+
+__all__ = ["QuietStarLlamaAttention", "QuietStarLlamaForCausalLM"]

@@ -1,0 +1,167 @@
+"""The knobs of the Quiet-STaR algorithm, shared by the configuration of every supported model family.
+
+Each family's configuration (`QuietStarConfig` for Mistral, `QuietStarLlamaConfig`, `QuietStarQwen2Config`,
+`QuietStarQwen3Config`) is that family's transformers configuration plus `QuietStarConfigMixin`, so it has all of
+the family's fields and all of the fields below.
+"""
+
+from dataclasses import dataclass
+
+ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "torch", "triton")
+
+
+@dataclass(repr=False, kw_only=True)
+class QuietStarConfigMixin:
+    r"""
+    The Quiet-STaR fields of a model configuration.
+
+    Defaults are the effective settings of the reference implementation that produced the paper's numbers
+    (Zelikman et al. 2024). Counting convention: `n_thought_tokens` includes `<|startofthought|>` and
+    `<|endofthought|>`; the reference code's `n_ahead` is `n_thought_tokens + 1` (its `n_ahead=12` run is
+    `n_thought_tokens=11`, i.e. 9 sampled tokens).
+
+    Args:
+        n_thought_tokens (`int`, defaults to 11):
+            Tokens in one thought, start and end meta tokens included, so `n_thought_tokens - 2` are sampled.
+            At least 3.
+        n_ahead_talk (`int`, defaults to 4):
+            Future real tokens scored after each thought with teacher forcing (training only). At least 1.
+        n_thoughts (`int`, defaults to 2):
+            Thoughts sampled per position in training; their mean reward is the REINFORCE baseline. At least 1.
+        thought_temperature (`float`, defaults to 1.0):
+            Sampling temperature of the thought tokens in training (1.0 samples from the model's distribution,
+            which is what the reference's hard Gumbel-softmax does at any Gumbel temperature). Greater than 0.
+        inference_thought_temperature (`float`, defaults to 0.0):
+            Sampling temperature of the thought tokens in eval mode (generation, evaluation, inspection). 0 picks
+            the most likely token (deterministic thoughts); 1.0 samples from the model's distribution, as the paper's
+            evaluation did. At least 0.
+        reinforce_temperature (`float`, defaults to 3.0):
+            Temperature of the log-probabilities of the sampled thought tokens in the REINFORCE term.
+            Greater than 0.
+        policy_loss_weight (`float`, defaults to 1e6):
+            Multiplier of the REINFORCE term in the loss. At least 0.
+        base_loss_weight (`float`, defaults to 0.5):
+            Weight of the plain next-token NLL; the thought (mixed) NLL gets `1 - base_loss_weight`. In [0, 1].
+        meta_embedding_scale (`float`, defaults to 100.0):
+            The start/end-of-thought embeddings are stored divided by this and multiplied back at use, which acts
+            as a learning-rate multiplier for them. Greater than 0.
+        clip_negative_rewards (`bool`, defaults to `True`):
+            Use only the positive part of the advantage in the REINFORCE term.
+        start_thought_token_id (`int`, *optional*):
+            Id of `<|startofthought|>`; set by [`add_thought_tokens`].
+        end_thought_token_id (`int`, *optional*):
+            Id of `<|endofthought|>`; set by [`add_thought_tokens`].
+        thinking (`bool`, defaults to `True`):
+            Whether the model thinks. With `False` it is exactly the base model of its family. Can be overridden per call
+            with `model(..., thinking=...)`.
+        attention_impl (`str`, defaults to `"auto"`):
+            Attention of the thought passes: `"dense"` (explicit mask over the concatenated keys; the test oracle),
+            `"torch"` (causal scores plus per-position thought scores, one softmax; exact and memory-lean),
+            `"triton"` (fused kernel) or `"auto"` (triton on CUDA, torch otherwise).
+        lm_head_chunk_size (`int`, defaults to 1024):
+            Rows (positions x thought copies) whose vocabulary-sized logits are materialised at once when thinking:
+            thought sampling, its REINFORCE log-probability and the NLLs of the loss run over the rows in chunks of
+            this size and recompute a chunk's logits in backward instead of keeping them (with V = 32002 one chunk
+            of 1024 rows is 131 MB in fp32). Smaller saves memory for large vocabularies; it never changes results
+            beyond float rounding. At least 1.
+    """
+
+    n_thought_tokens: int = 11
+    n_ahead_talk: int = 4
+    n_thoughts: int = 2
+    thought_temperature: float = 1.0
+    inference_thought_temperature: float = 0.0
+    reinforce_temperature: float = 3.0
+    policy_loss_weight: float = 1e6
+    base_loss_weight: float = 0.5
+    meta_embedding_scale: float = 100.0
+    clip_negative_rewards: bool = True
+    start_thought_token_id: int | None = None
+    end_thought_token_id: int | None = None
+    thinking: bool = True
+    attention_impl: str = "auto"
+    lm_head_chunk_size: int = 1024
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.validate_quietstar_fields()
+        self.refuse_unsupported_attention()
+
+    def refuse_unsupported_attention(self) -> None:
+        """Raise a `ValueError` for attention features the thought passes do not implement.
+
+        Thought passes see every earlier token and thinking generation crops thoughts out of the KV cache, so
+        sliding-window layers (which drop old keys), attention sinks and logit soft-capping would compute
+        something else than the base model; they are refused here rather than silently ignored.
+        """
+        name = type(self).__name__
+        if getattr(self, "sliding_window", None) is not None and getattr(self, "use_sliding_window", True):
+            raise ValueError(
+                f"{name}.sliding_window={self.sliding_window}: sliding-window attention is not supported by Quiet-STaR "
+                "thought passes; set sliding_window=None (use_sliding_window=False)"
+            )
+        layer_types = getattr(self, "layer_types", None) or []
+        if any(layer_type != "full_attention" for layer_type in layer_types):
+            raise ValueError(f"{name}.layer_types={layer_types}: only full-attention layers are supported")
+        for field in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if getattr(self, field, None) is not None:
+                raise ValueError(f"{name}.{field}: logit soft-capping is not supported by Quiet-STaR")
+        if getattr(self, "use_sink", False) or getattr(self, "sinks", None):
+            raise ValueError(f"{name}: attention sinks are not supported by Quiet-STaR")
+
+    def validate_quietstar_fields(self) -> None:
+        """Raise a `ValueError` naming the first Quiet-STaR field whose value is invalid."""
+        _require_int(self, "n_thought_tokens", minimum=3)
+        _require_int(self, "n_ahead_talk", minimum=1)
+        _require_int(self, "n_thoughts", minimum=1)
+        _require_int(self, "lm_head_chunk_size", minimum=1)
+        for name in ("thought_temperature", "reinforce_temperature", "meta_embedding_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be a number > 0, got {value!r}")
+        if isinstance(self.inference_thought_temperature, bool) or not isinstance(
+            self.inference_thought_temperature, (int, float)
+        ) or not self.inference_thought_temperature >= 0:
+            raise ValueError(
+                f"{type(self).__name__}.inference_thought_temperature must be a number >= 0, "
+                f"got {self.inference_thought_temperature!r}"
+            )
+        if isinstance(self.policy_loss_weight, bool) or not isinstance(self.policy_loss_weight, (int, float)) or (
+            not self.policy_loss_weight >= 0
+        ):
+            raise ValueError(f"{type(self).__name__}.policy_loss_weight must be a number >= 0, got {self.policy_loss_weight!r}")
+        if isinstance(self.base_loss_weight, bool) or not isinstance(self.base_loss_weight, (int, float)) or not (
+            0 <= self.base_loss_weight <= 1
+        ):
+            raise ValueError(f"{type(self).__name__}.base_loss_weight must be in [0, 1], got {self.base_loss_weight!r}")
+        for name in ("clip_negative_rewards", "thinking"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{type(self).__name__}.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"{type(self).__name__}.attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention_impl!r}"
+            )
+        for name in ("start_thought_token_id", "end_thought_token_id"):
+            token_id = getattr(self, name)
+            if token_id is None:
+                continue
+            if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
+                raise ValueError(
+                    f"{type(self).__name__}.{name} must be a token id in [0, vocab_size={self.vocab_size}), got {token_id!r}"
+                )
+        if self.start_thought_token_id is not None and self.start_thought_token_id == self.end_thought_token_id:
+            raise ValueError(f"{type(self).__name__}.start_thought_token_id and end_thought_token_id must differ")
+
+    @property
+    def n_sampled_thought_tokens(self) -> int:
+        """Thought tokens drawn from the model: `n_thought_tokens` minus the start and end meta tokens."""
+        return self.n_thought_tokens - 2
+
+
+def _require_int(config: QuietStarConfigMixin, name: str, minimum: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+__all__ = ["ATTENTION_IMPLEMENTATIONS", "QuietStarConfigMixin"]

@@ -1,0 +1,267 @@
+"""The chunked LM-head operations against the unfused computation: values, gradients, sampled tokens, saved memory."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from quietstar.chunked_lm_head import linear_cross_entropy, sample_thought_tokens
+
+IGNORE = -100
+ROWS, LENGTH, HIDDEN, VOCAB = 2, 9, 8, 37  # 18 rows: not a multiple of the chunk sizes 4 and 7
+META_IDS = [VOCAB - 2, VOCAB - 1]
+CHUNK_SIZES = [1, 4, 7, 64]
+TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-11, atol=1e-11)}
+
+
+def make_inputs(dtype, seed=0):
+    """(B', L, H) hidden states and a (V, H) head weight, both requiring grad."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(ROWS, LENGTH, HIDDEN, generator=generator, dtype=dtype).requires_grad_()
+    weight = torch.randn(VOCAB, HIDDEN, generator=generator, dtype=dtype).requires_grad_()
+    return hidden, weight
+
+
+def unfused_thought_logits(hidden, weight):
+    """Today's thought-pass logits: the full (B', L, V) head output with the meta tokens at -inf."""
+    logits = F.linear(hidden, weight)
+    return logits.index_fill(-1, torch.tensor(META_IDS), float("-inf"))
+
+
+def unfused_pick(logits, temperature):
+    """Today's sampler on (B', L, V): argmax at temperature 0, else inverse CDF with torch.rand(B', L, 1)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.detach().float() / temperature, dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    uniform = torch.rand(*probs.shape[:-1], 1) * cdf[..., -1:]
+    tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=probs.shape[-1] - 1)
+    drawable = probs.gather(-1, tokens) > 0
+    return torch.where(drawable, tokens, probs.argmax(dim=-1, keepdim=True)).squeeze(-1)
+
+
+def unfused_logprob(logits, tokens, temperature):
+    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+    logprobs = torch.log_softmax(logits.to(compute_dtype) / temperature, dim=-1)
+    return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def grads(output, weights, inputs):
+    return torch.autograd.grad((output * weights).sum(), inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
+def test_linear_cross_entropy_matches_unfused_values_and_gradients(dtype, chunk_size):
+    hidden, weight = make_inputs(dtype)
+    generator = torch.Generator().manual_seed(1)
+    targets = torch.randint(0, VOCAB, (ROWS, LENGTH), generator=generator)
+    targets[0, -3:] = IGNORE
+    targets[1, 2] = IGNORE
+    row_weights = torch.rand(ROWS, LENGTH, generator=generator, dtype=dtype)  # a non-uniform upstream gradient
+
+    expected = F.cross_entropy(
+        F.linear(hidden, weight).flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none"
+    ).view_as(targets)
+    nll = linear_cross_entropy(hidden, weight, targets, ignore_index=IGNORE, chunk_size=chunk_size)
+
+    assert nll.shape == targets.shape and nll.dtype == torch.promote_types(dtype, torch.float32)
+    torch.testing.assert_close(nll, expected, **TOLERANCE[dtype])
+    assert bool((nll[targets == IGNORE] == 0).all()) and bool((nll[targets != IGNORE] > 0).all())
+    got = grads(nll, row_weights, (hidden, weight))
+    for g, w in zip(got, grads(expected, row_weights, (hidden, weight))):
+        torch.testing.assert_close(g, w, **TOLERANCE[dtype])
+    assert bool((got[0][targets == IGNORE] == 0).all())
+
+
+def test_linear_cross_entropy_passes_gradcheck():
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(7, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 3, IGNORE, 10, 4, 4, 1])
+    assert torch.autograd.gradcheck(
+        lambda h, w: linear_cross_entropy(h, w, targets, chunk_size=3), (hidden, weight), eps=1e-6, atol=1e-8
+    )
+
+
+def test_linear_cross_entropy_under_autocast_matches_the_autocast_head():
+    hidden, weight = make_inputs(torch.float32)
+    targets = torch.randint(0, VOCAB, (ROWS, LENGTH), generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.cross_entropy(F.linear(hidden, weight).float().flatten(0, 1), targets.flatten(), reduction="none")
+        nll, saved = saved_storages(lambda: linear_cross_entropy(hidden, weight, targets, chunk_size=4))
+    assert nll.dtype == torch.float32
+    # the caller's fp32 tensors are kept, not bf16 copies: only the ids and one fp32 number per row come on top
+    assert {hidden.untyped_storage().data_ptr(), weight.untyped_storage().data_ptr()} <= saved.keys()
+    assert sum(nbytes for nbytes, _ in saved.values()) == hidden.nbytes + weight.nbytes + targets.nbytes + nll.nbytes
+    torch.testing.assert_close(nll, expected.view_as(targets), rtol=2e-2, atol=2e-2)
+    got = torch.autograd.grad(nll.sum(), (hidden, weight))
+    want = torch.autograd.grad(expected.sum(), (hidden, weight))
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
+def test_sampling_draws_the_unfused_tokens_and_log_probabilities(dtype, chunk_size):
+    hidden, weight = make_inputs(dtype)
+    torch.manual_seed(123)
+    logits = unfused_thought_logits(hidden, weight)
+    expected_tokens = unfused_pick(logits, temperature=1.0)
+    expected_logprob = unfused_logprob(logits, expected_tokens, temperature=3.0)
+    after_unfused = torch.rand(3)
+
+    torch.manual_seed(123)
+    tokens, logprob = sample_thought_tokens(
+        hidden, weight, banned_ids=META_IDS, sample_temperature=1.0, logprob_temperature=3.0, chunk_size=chunk_size
+    )
+    assert torch.equal(torch.rand(3), after_unfused)  # the same generator state consumed as the unfused draw
+    assert torch.equal(tokens, expected_tokens)
+    assert logprob.dtype == torch.promote_types(dtype, torch.float32)
+    torch.testing.assert_close(logprob, expected_logprob, **TOLERANCE[dtype])
+    advantages = torch.randn(ROWS, LENGTH, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    got = grads(logprob, advantages, (hidden, weight))
+    want = grads(expected_logprob, advantages, (hidden, weight))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOLERANCE[dtype])
+
+
+def test_explicit_uniform_numbers_give_the_draw_of_the_same_numbers():
+    hidden, weight = make_inputs(torch.float32)
+    uniform = torch.rand(ROWS, LENGTH, generator=torch.Generator().manual_seed(5))
+    tokens, _ = sample_thought_tokens(
+        hidden, weight, banned_ids=META_IDS, sample_temperature=0.7, logprob_temperature=None, uniform=uniform,
+        chunk_size=4,
+    )
+    probs = torch.softmax(unfused_thought_logits(hidden, weight).detach() / 0.7, dim=-1)
+    cdf = probs.cumsum(-1)
+    expected = torch.searchsorted(cdf, uniform.unsqueeze(-1) * cdf[..., -1:], right=True).squeeze(-1)
+    assert torch.equal(tokens, expected)
+
+
+def test_banned_ids_are_never_drawn_even_when_they_dominate():
+    hidden, weight = make_inputs(torch.float32)
+    with torch.no_grad():
+        weight[META_IDS] = 50 * hidden.detach().mean(dim=(0, 1))  # the meta tokens would win almost every draw
+    assert bool(torch.isin(F.linear(hidden, weight).argmax(-1), torch.tensor(META_IDS)).any())
+    torch.manual_seed(0)
+    for temperature in (0.0, 1.0, 10.0):
+        for chunk_size in (1, 5):
+            tokens, logprob = sample_thought_tokens(
+                hidden, weight, banned_ids=META_IDS, sample_temperature=temperature, logprob_temperature=1.0,
+                chunk_size=chunk_size,
+            )
+            assert not bool(torch.isin(tokens, torch.tensor(META_IDS)).any())
+            assert bool(torch.isfinite(logprob).all())
+
+
+@pytest.mark.parametrize("chunk_size", [4, 64])
+def test_argmax_mode_takes_the_masked_argmax_and_draws_no_random_numbers(chunk_size):
+    hidden, weight = make_inputs(torch.float64)
+    logits = unfused_thought_logits(hidden, weight)
+    torch.manual_seed(7)
+    tokens, logprob = sample_thought_tokens(
+        hidden, weight, banned_ids=META_IDS, sample_temperature=0, logprob_temperature=2.0, chunk_size=chunk_size
+    )
+    after = torch.rand(2)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(2))
+    assert torch.equal(tokens, logits.argmax(-1))
+    torch.testing.assert_close(logprob, unfused_logprob(logits, tokens, 2.0), **TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_given_tokens_mode_scores_the_given_tokens(dtype):
+    hidden, weight = make_inputs(dtype)
+    given = torch.randint(0, VOCAB - 2, (ROWS, LENGTH), generator=torch.Generator().manual_seed(8))
+    tokens, logprob = sample_thought_tokens(
+        hidden, weight, banned_ids=META_IDS, sample_temperature=1.0, logprob_temperature=0.5, given_tokens=given,
+        chunk_size=7,
+    )
+    expected = unfused_logprob(unfused_thought_logits(hidden, weight), given, 0.5)
+    assert torch.equal(tokens, given)
+    torch.testing.assert_close(logprob, expected, **TOLERANCE[dtype])
+    got = torch.autograd.grad(logprob.sum(), (hidden, weight))
+    for g, w in zip(got, torch.autograd.grad(expected.sum(), (hidden, weight))):
+        torch.testing.assert_close(g, w, **TOLERANCE[dtype])
+
+
+def test_without_a_log_probability_nothing_is_recorded_for_backward():
+    hidden, weight = make_inputs(torch.float32)
+    torch.manual_seed(9)
+    with_logprob, _ = sample_thought_tokens(
+        hidden, weight, banned_ids=META_IDS, sample_temperature=1.0, logprob_temperature=1.0, chunk_size=4
+    )
+    torch.manual_seed(9)
+    tokens, logprob = sample_thought_tokens(
+        hidden, weight, banned_ids=META_IDS, sample_temperature=1.0, logprob_temperature=None, chunk_size=4
+    )
+    assert logprob is None and tokens.grad_fn is None and not tokens.requires_grad
+    assert torch.equal(tokens, with_logprob)
+
+
+def test_invalid_arguments_are_one_line_errors():
+    hidden, weight = make_inputs(torch.float32)
+    targets = torch.zeros(ROWS, LENGTH, dtype=torch.long)
+    with pytest.raises(ValueError, match="chunk_size"):
+        linear_cross_entropy(hidden, weight, targets, chunk_size=0)
+    with pytest.raises(ValueError, match="leading shape"):
+        linear_cross_entropy(hidden, weight, targets[:, 1:])
+    with pytest.raises(ValueError, match="hidden size"):
+        linear_cross_entropy(hidden, weight[:, 1:], targets)
+    with pytest.raises(ValueError, match="uniform"):
+        sample_thought_tokens(
+            hidden, weight, banned_ids=META_IDS, sample_temperature=1.0, logprob_temperature=1.0,
+            uniform=torch.rand(3),
+        )
+    with pytest.raises(ValueError, match="logprob_temperature"):
+        sample_thought_tokens(hidden, weight, banned_ids=META_IDS, sample_temperature=1.0, logprob_temperature=0.0)
+
+
+def saved_storages(function):
+    """Run `function()` recording what autograd saves for backward: {storage data_ptr: (nbytes, shapes)}."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        nbytes, shapes = storages.get(storage.data_ptr(), (storage.nbytes(), []))
+        storages[storage.data_ptr()] = (nbytes, shapes + [tuple(tensor.shape)])
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = function()
+    return output, storages
+
+
+def test_chunked_functions_save_no_vocabulary_sized_tensor_per_row():
+    rows, vocab = 300, 1000  # rows > hidden, so only a (rows, V)-sized tensor can reach rows * V elements
+    generator = torch.Generator().manual_seed(10)
+    hidden = torch.randn(rows, HIDDEN, generator=generator, requires_grad=True)
+    weight = torch.randn(vocab, HIDDEN, generator=generator, requires_grad=True)
+    targets = torch.randint(0, vocab, (rows,), generator=generator)
+    banned = [vocab - 2, vocab - 1]
+
+    def unfused():
+        logits = F.linear(hidden, weight)
+        nll = F.cross_entropy(logits.float(), targets, reduction="none")
+        masked = logits.index_fill(-1, torch.tensor(banned), float("-inf"))
+        tokens = unfused_pick(masked, 1.0)
+        return nll, unfused_logprob(masked, tokens, 2.0)
+
+    def chunked():
+        nll = linear_cross_entropy(hidden, weight, targets, chunk_size=64)
+        _, logprob = sample_thought_tokens(
+            hidden, weight, banned_ids=banned, sample_temperature=1.0, logprob_temperature=2.0, chunk_size=64
+        )
+        return nll, logprob
+
+    _, unfused_saved = saved_storages(unfused)
+    (nll, logprob), chunked_saved = saved_storages(chunked)
+    vocab_sized = rows * vocab * 4
+    assert max(nbytes for nbytes, _ in unfused_saved.values()) >= vocab_sized  # the unfused path does keep one
+    assert all(nbytes < vocab_sized for nbytes, _ in chunked_saved.values()), chunked_saved
+    # hidden and weight are saved by reference (once each), plus the ids and one log-sum-exp per row
+    chunked_bytes = sum(nbytes for nbytes, _ in chunked_saved.values())
+    assert chunked_bytes <= hidden.nbytes + weight.nbytes + 2 * rows * (8 + 4) + 16
+    assert chunked_bytes < sum(nbytes for nbytes, _ in unfused_saved.values()) / 4
+    torch.autograd.grad((nll + logprob).sum(), (hidden, weight))  # and backward runs from what was saved

@@ -1,0 +1,90 @@
+"""train.py picks the model family from `model.name_or_path`'s config (or `model.family` for a random model) and
+refuses checkpoints of unsupported families with one line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import FAMILY_FIELDS
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+import quietstar
+from quietstar.training.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+SHORT_RUN = [
+    "--data.seq_len=16",
+    "--data.synthetic.n_documents=100",
+    "--train.max_steps=2",
+    "--train.global_batch_size=2",
+    "--train.warmup_steps=1",
+    "--logging.interval=1",
+    "--checkpoint.interval=2",
+]
+
+
+def train(output_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "train.py"), "--output-dir", str(output_dir), *SHORT_RUN, *args]
+    return subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_training_from_a_base_llama_checkpoint_exports_a_llama_quietstar_model(tmp_path):
+    base = tmp_path / "llama-base"
+    config = LlamaConfig(
+        vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, **FAMILY_FIELDS["llama"],
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(base)
+    result = train(tmp_path / "run", f"--model.name_or_path={base}", "--model.architecture={}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = tmp_path / "run" / "final"
+    assert json.loads((final / "config.json").read_text())["model_type"] == "quietstar_llama"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert type(model) is quietstar.QuietStarLlamaForCausalLM
+    assert model.config.rope_parameters["rope_type"] == "llama3" and model.config.tie_word_embeddings
+    assert model.config.vocab_size == 32002 and model.config.start_thought_token_id == 32000
+
+
+def test_a_random_model_of_another_family_is_built_from_model_family(tmp_path):
+    result = train(tmp_path / "run", "--model.family=qwen3", "--model.architecture.head_dim=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert type(model) is quietstar.QuietStarQwen3ForCausalLM and model.config.head_dim == 32
+
+
+def test_a_checkpoint_of_an_unsupported_family_is_refused_in_one_line(tmp_path):
+    base = tmp_path / "gpt2-base"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(base)
+    result = train(tmp_path / "run", f"--model.name_or_path={base}", "--model.architecture={}")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: model.name_or_path {base}: model_type 'gpt2' is not supported by quietstar "
+        "(supported families: mistral, llama, qwen2, qwen3)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.family=gemma", r"model.family must be one of \['mistral', 'llama', 'qwen2', 'qwen3'\], got 'gemma'"),
+        ("model.architecture.head_dim_typo=3", r"'model.architecture.head_dim_typo': not a QuietStarConfig field"),
+        ("model.quietstar.hidden_size=3", r"'model.quietstar.hidden_size': not a Quiet-STaR field"),
+    ],
+)
+def test_family_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs" / "tiny.yaml", [override])
+
+
+@pytest.mark.parametrize("name", ["llama3_8b_openwebmath", "qwen3_8b_openwebmath"])
+def test_family_configs_carry_the_paper_knobs(name):
+    config = load_config(REPO / "configs" / f"{name}.yaml", [])
+    paper = load_config(REPO / "configs" / "mistral7b_openwebmath.yaml", [])
+    assert config.model.quietstar == paper.model.quietstar and config.train == paper.train
