@@ -4,17 +4,22 @@ A thinking model spends one base step and `n_thought_tokens` thought steps (sing
 generated token, so its tokens/s should be close to the plain model's divided by n_thought_tokens + 1; the counted
 model calls per generated token are reported next to the timings to show that the context is never re-forwarded.
 
-The model is random-initialised at a preset shape (`tiny` by default: hidden 64, 2 layers, Mistral's vocabulary of
-32000 + 2 meta tokens; `mistral-7b` for GPUs). Results go to benchmarks/results/generate_<device>.json, tagged with
-the device name and library versions.
+The model is random-initialised at a preset shape, with Mistral's vocabulary of 32000 + 2 meta tokens: `tiny`
+(hidden 64, 2 layers; the default on CPU) or `mistral-7b` (Mistral 7B v0.1's widths, 32 layers; the default on
+CUDA, in bf16). The console shows a table; a JSON report (tagged with the device name and library versions), the
+table as markdown and a PNG plot go to benchmark_runs/ (not tracked by git). Pass `--out-dir benchmarks/results` to
+write the committed results.
 
     python benchmarks/bench_generate.py                                   # tiny model on CPU, about a minute
     python benchmarks/bench_generate.py --preset mistral-7b --device cuda --dtype bf16
+    python benchmarks/bench_generate.py --out-dir benchmarks/results      # refresh the committed CPU results
 """
 
 import argparse
 import datetime
 import json
+import logging
+import os
 import platform
 import re
 import statistics
@@ -27,11 +32,12 @@ import transformers
 import quietstar
 from quietstar import QuietStarConfig, QuietStarForCausalLM
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+logger = logging.getLogger("bench_generate")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUNS_DIR = REPO_ROOT / "benchmark_runs"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PRESETS = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "small": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2),
     "mistral-7b": dict(
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8
     ),
@@ -40,17 +46,25 @@ VOCAB = 32002  # Mistral's 32000 tokens + <|startofthought|>, <|endofthought|>
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda when available, else cpu"
+    )
+    parser.add_argument("--preset", choices=list(PRESETS), help="model shape (default: tiny on CPU, mistral-7b on CUDA)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp32 on CPU, bf16 on CUDA")
     parser.add_argument("--thought-lengths", type=int, nargs="+", default=[3, 6, 11], help="n_thought_tokens values")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--prompt-length", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", type=Path, help="JSON path (default benchmarks/results/generate_<device>.json)")
+    parser.add_argument(
+        "--out-dir", type=Path, default=RUNS_DIR,
+        help="where generate_<device>.{json,md,png} go (default: benchmark_runs/ in the repository, untracked)",
+    )
     args = parser.parse_args(argv)
+    on_gpu = torch.device(args.device).type == "cuda"
+    args.preset = args.preset or ("mistral-7b" if on_gpu else "tiny")
+    args.dtype = args.dtype or ("bf16" if on_gpu else "fp32")
     if min(args.thought_lengths) < 3:
         parser.error("--thought-lengths must be >= 3 (start, at least one thought token, end)")
     if min(args.batch_size, args.prompt_length, args.new_tokens, args.repeats) < 1:
@@ -98,8 +112,65 @@ def time_generate(model, input_ids, args, device, thinking: bool) -> dict:
     }
 
 
+def to_markdown(report: dict) -> str:
+    """The results as a markdown table, one row per setting, with the slowdown expected from the call count."""
+    settings = report["settings"]
+    lines = [
+        f"# Generation with and without thinking ({report['device']})",
+        "",
+        f"Preset {report['preset']} ({report['model']['parameters'] / 1e6:.1f} M parameters), {settings['dtype']}, "
+        f"batch {settings['batch_size']}, prompt {settings['prompt_length']} tokens, {settings['new_tokens']} new "
+        f"tokens, median of {settings['repeats']}; {settings['decoding']}; torch {report['versions']['torch']}, "
+        f"transformers {report['versions']['transformers']}; {report['date']}; host load average "
+        f"{report['load_average_1min']:.1f}.",
+        "",
+        "| thinking | n_thought_tokens | tokens/s | model calls per token | slowdown | expected slowdown (calls) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report["results"]:
+        if row["thinking"]:
+            lines.append(
+                f"| yes | {row['n_thought_tokens']} | {row['tokens_per_s']:.1f} | {row['model_calls_per_token']:.1f} | "
+                f"{row['slowdown']:.2f}x | {row['model_calls_per_token']:.0f}x |"
+            )
+        else:
+            lines.append(f"| no | - | {row['tokens_per_s']:.1f} | {row['model_calls_per_token']:.1f} | 1.00x | 1x |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> bool:
+    """Tokens/s against n_thought_tokens, next to plain tokens/s / (n_thought_tokens + 1); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install -e '.[bench]'): no plot written")
+        return False
+    plain, *thinking = report["results"]
+    lengths = [row["n_thought_tokens"] for row in thinking]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot(lengths, [row["tokens_per_s"] for row in thinking], "o-", label="thinking, measured")
+    axes.plot(
+        lengths, [plain["tokens_per_s"] / (length + 1) for length in lengths], "--",
+        label="plain / (n_thought_tokens + 1)",
+    )
+    axes.axhline(plain["tokens_per_s"], color="grey", linestyle=":", label="no thinking")
+    axes.set(
+        xlabel="n_thought_tokens", ylabel="generated tokens/s", ylim=(0, 1.5 * plain["tokens_per_s"]),
+        title=f"generate(), preset {report['preset']}, {report['settings']['dtype']}\n{report['device']}",
+    )
+    axes.legend(loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
 @torch.no_grad()
 def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -112,21 +183,17 @@ def main(argv=None) -> dict:
     input_ids = torch.randint(0, VOCAB - 2, (args.batch_size, args.prompt_length), device=device)
 
     results = [{"thinking": False, "n_thought_tokens": None, **time_generate(model, input_ids, args, device, False)}]
-    print(f"no thinking          : {results[0]['tokens_per_s']:9.1f} tokens/s")
     for thought_length in args.thought_lengths:
         model.config.n_thought_tokens = thought_length
         row = time_generate(model, input_ids, args, device, True)
         row["slowdown"] = results[0]["tokens_per_s"] / row["tokens_per_s"]
         results.append({"thinking": True, "n_thought_tokens": thought_length, **row})
-        print(
-            f"thinking, {thought_length:2d} tokens   : {row['tokens_per_s']:9.1f} tokens/s  "
-            f"({row['slowdown']:.1f}x slower, {row['model_calls_per_token']:.1f} model calls per token)"
-        )
 
     report = {
         "benchmark": "generate",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(device),
+        "load_average_1min": os.getloadavg()[0],  # other work on the host slows CPU timings down
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "quietstar": quietstar.__version__},
         "preset": args.preset,
         "model": {**PRESETS[args.preset], "vocab_size": VOCAB, "parameters": sum(p.numel() for p in model.parameters())},
@@ -140,10 +207,14 @@ def main(argv=None) -> dict:
         },
         "results": results,
     }
-    output = args.output or RESULTS_DIR / f"generate_{device_slug(device)}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
+    markdown = to_markdown(report)
+    print(markdown)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.out_dir / f"generate_{device_slug(device)}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown)
+    written = [".json", ".md"] + ([".png"] if plot(report, stem.with_suffix(".png")) else [])
+    logger.info("wrote %s.{%s}", stem, ",".join(suffix[1:] for suffix in written))
     return report
 
 

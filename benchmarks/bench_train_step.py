@@ -1,197 +1,596 @@
-"""One optimizer step of a Mistral-shaped model: Quiet-STaR (per thought-attention implementation) vs a plain step.
+"""Memory and time of one Quiet-STaR training step, against plain causal steps of the same model.
 
-For each sequence length L and each `attention_impl` (dense, torch, triton) it times a full Quiet-STaR training step
-(all T + A passes on B * N rows, the loss, backward, clipping, AdamW) and, as the reference, a plain causal-LM step
-of the same model with thinking off. It reports tokens/s (of the B x L text tokens), the MFU estimate (FLOPs of all
-passes, `quietstar.training.flops`), peak memory, and the step time relative to (passes x plain step), the target of
-DESIGN.md section 3 (at most 1.3). Out-of-memory runs are recorded as such. Results go to
-`benchmarks/results/train_step_<device>.json` and `.md`.
+Memory, independent of the device: during one training forward (train mode, the Quiet-STaR loss included) every
+tensor that autograd saves for backward is recorded through `torch.autograd.graph.saved_tensors_hooks`; those the
+graph still holds when the forward returns are counted, each storage once (by its data pointer); the storages of
+parameters and buffers are left out, since they are there without any forward. Added to that are the tensors held by the thought K/V store of the forward (every tensor
+reachable from the store object, found by hooking the model's forward kwargs), again once per storage; the table
+gives autograd's bytes, the store's, the bytes both hold, and the union. "vocab-sized" is the part of autograd's
+bytes in storages saved as (..., V) with at least one row per text token (full-vocabulary logits or softmaxes).
+"P x plain step" is P times the bytes that one plain causal step (thinking off) of the same model on the same
+B * N rows saves: what running the P passes as plain steps would keep, the floor for any implementation that keeps
+the passes' activations.
 
-    python benchmarks/bench_train_step.py                        # CUDA: Mistral 7B width, 4 layers; CPU: tiny
-    python benchmarks/bench_train_step.py --seq-lens 256 1024 4096 --layers 32 --impls torch triton
+Two sweeps at the preset's shape: n_thought_tokens T over `--thought-lengths` at L = `--fit-seq-len`, with a least
+squares fit of the union bytes to a + b * P, P = T + A passes (the relative residuals, and the P^2 coefficient of a
+quadratic fit, show whether anything grows faster than linearly), and L over `--seq-lens` at T =
+`--sweep-thought-tokens`.
+
+Time: at each L of `--time-seq-lens` (T = `--sweep-thought-tokens`), rounds of one Quiet-STaR forward + backward
+over the B * N thought rows followed by P plain causal forward + backward steps (thinking off) of the same model on
+the same B * N rows (each sequence repeated N times); the ratio (median over rounds) is the overhead of the
+parallel-thought step over running its P passes as plain passes.
+
+On CUDA the rows also give torch.cuda.max_memory_allocated above the memory in use before the step, for a full
+forward + backward. Activation checkpointing is off unless asked for (under checkpointing autograd saves the
+recomputed layers' tensors only during backward, so the saved-bytes count covers the rest of the step).
+
+Presets: `tiny` (hidden 64, 2 layers, for smoke runs), `mistral-shaped` (Mistral's head layout at hidden 512,
+4 layers, 8 query / 2 key-value heads: the memory study on CPU), `mistral-7b` (Mistral 7B v0.1 widths, 32 layers;
+`--layers` overrides the depth). All use Mistral's vocabulary of 32000 + 2 meta tokens.
+
+Results go to benchmark_runs/ (JSON, markdown, and a PNG when matplotlib is installed); pass
+`--out-dir benchmarks/results` to write the committed results.
+
+    python benchmarks/bench_train_step.py                                   # mistral-shaped on CPU, ~15 minutes
+    python benchmarks/bench_train_step.py --preset tiny --quick             # seconds
+    python benchmarks/bench_train_step.py --preset mistral-7b --layers 4 --device cuda --dtype bf16
 """
 
 import argparse
+import datetime
+import gc
 import json
 import logging
+import platform
+import re
+import statistics
+import subprocess
 import time
+import weakref
 from pathlib import Path
 
+import numpy as np
 import torch
+import transformers
 
+import quietstar
 from quietstar import QuietStarConfig, QuietStarForCausalLM
-from quietstar.training.config import TrainConfig
-from quietstar.training.flops import peak_flops_per_device, plain_step_flops, quietstar_step_flops
-from quietstar.training.metrics import peak_memory_gb
-from quietstar.training.optim import build_optimizer, build_scheduler
-from quietstar.training.parallel import World
-from quietstar.training.step import train_step
 
 logger = logging.getLogger("bench_train_step")
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUNS_DIR = REPO_ROOT / "benchmark_runs"
+VOCAB = 32002  # Mistral's 32000 tokens + <|startofthought|>, <|endofthought|>
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+PRESETS = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "mistral-shaped": dict(
+        hidden_size=512, intermediate_size=1792, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2
+    ),
+    "mistral-7b": dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8
+    ),
+}
+QUICK = dict(thought_lengths=[3, 4, 5], fit_seq_len=8, seq_lens=[8, 12], sweep_thought_tokens=4, time_seq_lens=[8])
+MIB = 2**20
 
-# Mistral 7B v0.1 widths; the number of layers is a flag (per-layer throughput is what the step measures).
-MISTRAL_7B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8)
-TINY = dict(hidden_size=64, intermediate_size=192, num_attention_heads=4, num_key_value_heads=2)
 
-
-def parse_args():
-    cuda = torch.cuda.is_available()
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=["mistral7b", "tiny"], default="mistral7b" if cuda else "tiny")
-    parser.add_argument("--layers", type=int, default=4 if cuda else 2, help="decoder layers")
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=[256, 1024, 4096] if cuda else [32, 64])
-    parser.add_argument("--impls", nargs="+", default=["dense", "torch", "triton"], choices=["dense", "torch", "triton"])
-    parser.add_argument("--batch", type=int, default=1, help="sequences per step (each thought about N times)")
-    parser.add_argument("--n-thought-tokens", type=int, default=11)
-    parser.add_argument("--n-ahead-talk", type=int, default=4)
-    parser.add_argument("--n-thoughts", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16" if cuda else "float32")
-    parser.add_argument("--no-activation-checkpointing", action="store_true")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/train_step_<device>.json)")
-    return parser.parse_args()
+    parser.add_argument("--preset", choices=list(PRESETS), default="mistral-shaped")
+    parser.add_argument("--layers", type=int, help="decoder layers (default: the preset's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="bf16 runs the step under autocast")
+    parser.add_argument("--attention-impl", default="auto", choices=["auto", "dense", "torch", "triton"])
+    parser.add_argument("--batch", type=int, default=1, help="B, sequences per step")
+    parser.add_argument("--n-thoughts", type=int, default=2, help="N, thoughts per position")
+    parser.add_argument("--n-ahead-talk", type=int, default=4, help="A, look-ahead passes")
+    parser.add_argument("--thought-lengths", type=int, nargs="+", default=[3, 6, 11, 16], help="T values of the fit")
+    parser.add_argument("--fit-seq-len", type=int, default=256, help="L of the T sweep")
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[128, 256, 512, 1024], help="L values of the L sweep")
+    parser.add_argument("--sweep-thought-tokens", type=int, default=11, help="T of the L sweep and of the timing")
+    parser.add_argument("--time-seq-lens", type=int, nargs="*", default=[256], help="L values timed (none: skip)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed rounds (one Quiet-STaR step and P plain steps) after a warm-up"
+    )
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="small sweeps and lengths, for a smoke run")
+    parser.add_argument("--out-dir", type=Path, default=RUNS_DIR, help="where the JSON/markdown/PNG go")
+    parser.add_argument("--label", default="", help="added to the file names, e.g. 'before'")
+    parser.add_argument(
+        "--render", type=Path, help="only rewrite the markdown and PNG of this JSON report (e.g. of a stopped run)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
+        args.repeats = 1
+    if min(args.thought_lengths + [args.sweep_thought_tokens]) < 3:
+        parser.error("--thought-lengths and --sweep-thought-tokens must be >= 3 (start, a thought token, end)")
+    if min(args.batch, args.n_thoughts, args.n_ahead_talk, args.repeats, args.fit_seq_len, *args.seq_lens) < 1:
+        parser.error("--batch, --n-thoughts, --n-ahead-talk, --repeats and the sequence lengths must be >= 1")
+    if len(set(args.thought_lengths)) < 2:
+        parser.error("--thought-lengths needs at least two distinct values for the fit")
+    return args
 
 
-def build(args, attention_impl: str, device: torch.device) -> QuietStarForCausalLM:
-    shape = MISTRAL_7B if args.preset == "mistral7b" else TINY
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def device_slug(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def source_revision() -> str:
+    """The git commit of the imported quietstar package, with '+dirty' when its tree has uncommitted changes."""
+    package_dir = Path(quietstar.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(package_dir), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(package_dir), "status", "--porcelain", "--", "."], capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def attention_impl(args, device: torch.device) -> str:
+    """The thought-attention implementation: "auto" is the fused Triton kernel on CUDA and "torch" elsewhere."""
+    if args.attention_impl != "auto":
+        return args.attention_impl
+    return "triton" if device.type == "cuda" else "torch"
+
+
+def build_model(args, thought_length: int, max_length: int, device: torch.device) -> QuietStarForCausalLM:
+    shape = dict(PRESETS[args.preset])
+    if args.layers:
+        shape["num_hidden_layers"] = args.layers
     config = QuietStarConfig(
         **shape,
-        num_hidden_layers=args.layers,
-        vocab_size=32002,
-        max_position_embeddings=max(args.seq_lens) + args.n_thought_tokens + args.n_ahead_talk,
-        n_thought_tokens=args.n_thought_tokens,
+        vocab_size=VOCAB,
+        max_position_embeddings=max_length + thought_length + args.n_ahead_talk,
+        n_thought_tokens=thought_length,
         n_ahead_talk=args.n_ahead_talk,
         n_thoughts=args.n_thoughts,
-        start_thought_token_id=32000,
-        end_thought_token_id=32001,
-        attention_impl=attention_impl,
+        start_thought_token_id=VOCAB - 2,
+        end_thought_token_id=VOCAB - 1,
+        attention_impl=attention_impl(args, device),
     )
     torch.manual_seed(0)
     model = QuietStarForCausalLM(config).to(device)
-    with torch.no_grad():  # a non-zero mixing head, so rewards and the REINFORCE term are exercised
+    with torch.no_grad():  # a non-zero mixing head, so rewards and the REINFORCE term carry gradients
         model.mixing_head.output.weight.normal_(std=1e-3)
-    if not args.no_activation_checkpointing:
+    if args.activation_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     return model.train()
 
 
-def plain_step(model, optimizer, tokens, dtype):
-    """A plain causal-LM step of the same model (thinking off): the reference cost of one pass."""
-    with torch.autocast(tokens.device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
-        loss = model(tokens, labels=tokens, thinking=False).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+def autocast(args, device: torch.device):
+    return torch.autocast(device.type, dtype=DTYPES[args.dtype], enabled=args.dtype != "fp32")
 
 
-def measure(args, kind: str, attention_impl: str, length: int, device: torch.device) -> dict:
-    """Time `args.steps` steps of one kind ("quietstar" or "plain"); returns the result row."""
-    row = {"kind": kind, "attention_impl": attention_impl if kind == "quietstar" else None, "seq_len": length}
-    if attention_impl == "triton" and device.type != "cuda":
-        return {**row, "status": "skipped (triton needs CUDA)"}
-    model = optimizer = None
-    try:
-        model = build(args, attention_impl, device)
-        train = TrainConfig(lr=1e-6, warmup_steps=0, lr_schedule="constant", max_steps=args.steps + 1)
-        optimizer = build_optimizer(model, train, device)
-        scheduler = build_scheduler(optimizer, train)
-        world = World(rank=0, world_size=1, device=device, distributed=False)
-        tokens = torch.randint(0, 32000, (args.batch, length), device=device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        durations = []
-        for step in range(args.steps + 1):
-            start = time.perf_counter()
-            if kind == "quietstar":
-                train_step(
-                    model, optimizer, scheduler, [tokens], world, step=step, seed=0, grad_clip=1.0, param_dtype=args.dtype
-                )
-            else:
-                plain_step(model, optimizer, tokens, args.dtype)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            durations.append(time.perf_counter() - start)
-        seconds = sum(durations[1:]) / args.steps
-        count = quietstar_step_flops if kind == "quietstar" else plain_step_flops
-        flops = count(model.config, args.batch, length)
-        peak = peak_flops_per_device(device, None)
-        return {
-            **row,
-            "status": "ok",
-            "step_seconds": seconds,
-            "tokens_per_second": args.batch * length / seconds,
-            "tflops_per_second": flops / seconds / 1e12,
-            "mfu": flops / seconds / peak if peak else None,
-            "peak_memory_gb": peak_memory_gb(device),
-        }
-    except torch.OutOfMemoryError:
-        return {**row, "status": "oom"}
-    finally:
-        del model, optimizer
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def to_markdown(meta: dict, rows: list[dict]) -> str:
-    lines = [
-        f"# Training step: {meta['device']}",
-        "",
-        f"Model: {meta['preset']} width, {meta['layers']} layers; batch {meta['batch']}; T={meta['n_thought_tokens']}, "
-        f"A={meta['n_ahead_talk']}, N={meta['n_thoughts']}; {meta['dtype']}; activation checkpointing "
-        f"{meta['activation_checkpointing']}. `vs plain` = step time / (passes x plain step at the same L).",
-        "",
-        "| L | step | status | s/step | tokens/s | TFLOP/s | MFU | peak mem (GB) | vs plain |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    passes = meta["n_thought_tokens"] + meta["n_ahead_talk"]
-    for row in rows:
-        plain = next((r for r in rows if r["kind"] == "plain" and r["seq_len"] == row["seq_len"]), {})
-        name = row["kind"] if row["kind"] == "plain" else f"quietstar/{row['attention_impl']}"
-        if row["status"] != "ok":
-            lines.append(f"| {row['seq_len']} | {name} | {row['status']} | | | | | | |")
+def reachable_tensors(root) -> list[torch.Tensor]:
+    """Every tensor held by `root`: its attributes, and the lists, tuples, dicts and quietstar objects inside them."""
+    found, seen, stack = [], set(), [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
             continue
-        ratio = ""
-        if row["kind"] == "quietstar" and plain.get("status") == "ok":
-            ratio = f"{row['step_seconds'] / (passes * plain['step_seconds']):.2f}"
-        mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "n/a"
-        lines.append(
-            f"| {row['seq_len']} | {name} | ok | {row['step_seconds']:.3f} | {row['tokens_per_second']:.0f} | "
-            f"{row['tflops_per_second']:.3g} | {mfu} | {row['peak_memory_gb']:.2f} | {ratio} |"
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            found.append(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif type(obj).__module__.startswith("quietstar"):
+            stack.extend(vars(obj).values() if hasattr(obj, "__dict__") else ())
+            stack.extend(getattr(obj, name) for name in getattr(type(obj), "__slots__", ()) if hasattr(obj, name))
+    return found
+
+
+def is_quietstar_state(value) -> bool:
+    """A forward kwarg that is a quietstar object (the thought K/V store), not a tensor or a plain value."""
+    return not isinstance(value, torch.Tensor) and type(value).__module__.startswith("quietstar")
+
+
+def storage_key(tensor: torch.Tensor) -> tuple[int, int]:
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
+
+
+def saved_bytes_by_node(loss: torch.Tensor, saved: set[tuple[int, int]]) -> dict[str, int]:
+    """Bytes of the `saved` storages per kind of autograd node that holds them (each storage under one node).
+
+    Walks the graph from `loss`, reading each node's saved tensors (`_saved_*` attributes of built-in nodes,
+    `saved_tensors` of custom Functions); the part of `saved` no node exposes is reported as "other".
+    """
+    totals, assigned, seen, stack = {}, set(), set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+        values = [getattr(node, name) for name in dir(node) if name.startswith("_saved_")]
+        if hasattr(node, "saved_tensors"):
+            values += list(node.saved_tensors)
+        kind = re.sub(r"\d+$", "", type(node).__name__)
+        for value in values:
+            for tensor in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(tensor, torch.Tensor) and (key := storage_key(tensor)) in saved and key not in assigned:
+                    assigned.add(key)
+                    totals[kind] = totals.get(kind, 0) + key[1]
+    totals["other"] = sum(nbytes for _, nbytes in saved - assigned)
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def measure_memory(model, tokens: torch.LongTensor, args, device: torch.device, thinking: bool = True) -> dict:
+    """Bytes saved for backward by one training forward, and held by its thought K/V store (see the module doc).
+
+    With `thinking=False` the forward is one plain causal step (thinking off) on the same B * N rows the Quiet-STaR
+    step runs its passes on: P times its bytes is what P plain steps would keep, the floor for P passes.
+    """
+    parameter_storages = {storage_key(t) for t in [*model.parameters(), *model.buffers()]}
+    text_tokens = tokens.shape[0] * args.n_thoughts * tokens.shape[1]
+    packed = []  # weak references to what autograd saved: only what the graph still holds at the end is counted
+
+    def pack(tensor):
+        # A detached alias (same storage, no grad_fn): the saved copy does not form a reference cycle with the node
+        # that saved it, so tensors saved by parts of the graph that the forward drops are freed as usual.
+        alias = tensor.detach()
+        packed.append(weakref.ref(alias))
+        return alias
+
+    states = {}  # id -> the quietstar objects passed to any module's forward (the thought K/V store)
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda module, positional, kwargs: states.update(
+                (id(value), value) for value in kwargs.values() if is_quietstar_state(value)
+            ),
+            with_kwargs=True,
         )
+        for module in model.modules()
+    ]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        in_use = torch.cuda.memory_allocated(device)
+    try:
+        torch.manual_seed(0)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(args, device):
+            if thinking:
+                loss = model(tokens).loss
+            else:
+                rows = tokens.repeat_interleave(args.n_thoughts, dim=0)
+                loss = model(rows, labels=rows, thinking=False).loss
+    finally:
+        for hook in hooks:
+            hook.remove()
+    gc.collect()
+    saved: dict[tuple[int, int], bool] = {}  # live storage -> saved as a vocabulary-sized (rows, V) tensor
+    for tensor in (ref() for ref in packed):
+        key = None if tensor is None else storage_key(tensor)
+        if key is not None and key[1] and key not in parameter_storages:
+            vocab_sized = tensor.ndim >= 2 and tensor.shape[-1] == VOCAB and tensor.numel() >= text_tokens * VOCAB
+            saved[key] = saved.get(key, False) or vocab_sized
+    store = {storage_key(t) for state in states.values() for t in reachable_tensors(state) if t.untyped_storage().nbytes()}
+    store -= parameter_storages
+    by_node = saved_bytes_by_node(loss, set(saved))
+    cuda_peak = None
+    if device.type == "cuda":
+        loss.backward()
+        torch.cuda.synchronize(device)
+        cuda_peak = torch.cuda.max_memory_allocated(device) - in_use
+        model.zero_grad(set_to_none=True)
+    del loss
+    autograd_bytes = sum(nbytes for _, nbytes in saved)
+    store_bytes = sum(nbytes for _, nbytes in store)
+    shared_bytes = sum(nbytes for _, nbytes in store & saved.keys())
+    return {
+        "autograd_saved_bytes": autograd_bytes,
+        "vocab_sized_bytes": sum(nbytes for (_, nbytes), vocab_sized in saved.items() if vocab_sized),
+        "kv_store_bytes": store_bytes,
+        "shared_bytes": shared_bytes,
+        "union_bytes": autograd_bytes + store_bytes - shared_bytes,
+        "autograd_saved_storages": len(saved),
+        "kv_store_storages": len(store),
+        "cuda_peak_bytes": cuda_peak,
+        "autograd_saved_bytes_by_node": by_node,
+    }
+
+
+def step_seconds(model, tokens: torch.LongTensor, thinking: bool, args, device: torch.device) -> float:
+    """Wall time of one forward + backward: the Quiet-STaR loss, or the plain causal loss with thinking off."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    with autocast(args, device):
+        loss = model(tokens).loss if thinking else model(tokens, labels=tokens, thinking=False).loss
+    loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return seconds
+
+
+def random_tokens(args, length: int, device: torch.device) -> torch.LongTensor:
+    generator = torch.Generator().manual_seed(length)
+    return torch.randint(0, VOCAB - 2, (args.batch, length), generator=generator).to(device)
+
+
+def release(device: torch.device) -> None:
+    """Free the last row's model and graph before the next: reference cycles in a forward's graph would otherwise
+    keep gigabytes alive until the garbage collector happens to run."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def memory_row(args, study: str, thought_length: int, length: int, device: torch.device) -> dict:
+    row = {"study": study, "n_thought_tokens": thought_length, "passes": thought_length + args.n_ahead_talk}
+    row["seq_len"] = length
+    tokens = random_tokens(args, length, device)
+    try:
+        model = build_model(args, thought_length, length, device)
+        row |= {"status": "ok", **measure_memory(model, tokens, args, device)}
+        plain = measure_memory(model, tokens, args, device, thinking=False)
+        row["plain_step_saved_bytes"] = plain["autograd_saved_bytes"]
+        del model
+    except torch.OutOfMemoryError:
+        row["status"] = "oom"
+    release(device)  # the model is gone with the call's frame
+    logger.info("%s", row)
+    return row
+
+
+def time_steps(args, thought_length: int, length: int, device: torch.device) -> dict:
+    """Alternate one Quiet-STaR step and P plain steps on the same B * N rows; after one warm-up round, the medians.
+
+    Each round's ratio compares the two halves of the same round, so a machine whose load drifts affects both.
+    """
+    passes = thought_length + args.n_ahead_talk
+    model = build_model(args, thought_length, length, device)
+    tokens = random_tokens(args, length, device)
+    rows = tokens.repeat_interleave(args.n_thoughts, dim=0)
+    quietstar_seconds, plain_seconds, ratios = [], [], []
+    for round_idx in range(args.repeats + 1):
+        quietstar = step_seconds(model, tokens, True, args, device)
+        plain = [step_seconds(model, rows, False, args, device) for _ in range(passes)]
+        if round_idx:
+            quietstar_seconds.append(quietstar)
+            plain_seconds.append(sum(plain) / passes)
+            ratios.append(quietstar / sum(plain))
+    return {
+        "quietstar_seconds": statistics.median(quietstar_seconds),
+        "plain_seconds": statistics.median(plain_seconds),
+        "ratio": statistics.median(ratios),
+        "round_ratios": ratios,
+    }
+
+
+def time_row(args, length: int, device: torch.device) -> dict:
+    thought_length = args.sweep_thought_tokens
+    row = {"n_thought_tokens": thought_length, "passes": thought_length + args.n_ahead_talk, "seq_len": length}
+    try:
+        row |= {"status": "ok", **time_steps(args, thought_length, length, device)}
+    except torch.OutOfMemoryError:
+        row["status"] = "oom"
+    release(device)
+    logger.info("%s", row)
+    return row
+
+
+def linear_fit(passes: list[int], values: list[int]) -> dict:
+    """Least squares fit of values = a + b * P; relative residuals; the P^2 coefficient of a quadratic fit."""
+    p, y = np.asarray(passes, dtype=float), np.asarray(values, dtype=float)
+    slope, intercept = np.polyfit(p, y, 1)
+    residuals = (y - (intercept + slope * p)) / y
+    fit = {"a_bytes": intercept, "b_bytes_per_pass": slope, "relative_residuals": residuals.tolist()}
+    fit["max_abs_relative_residual"] = float(np.abs(residuals).max())
+    if len(set(passes)) >= 4:  # with 3 points a quadratic interpolates the residuals exactly
+        quadratic = np.polyfit(p, y, 2)[0]
+        fit["quadratic_bytes_per_pass2"] = quadratic
+        fit["quadratic_share_at_max_p"] = float(quadratic * p.max() ** 2 / y[p.argmax()])
+    return fit
+
+
+def mib(value) -> str:
+    return "n/a" if value is None else f"{value / MIB:.1f}"
+
+
+def to_markdown(report: dict) -> str:
+    meta = report["meta"]
+    lines = [
+        f"# Training step memory and time: {meta['device']}",
+        "",
+        f"Preset {meta['preset']} ({meta['model']}), vocab {VOCAB}; B={meta['batch']}, N={meta['n_thoughts']}, "
+        f"A={meta['n_ahead_talk']}; {meta['dtype']}; attention {meta['attention_impl']}; activation checkpointing "
+        f"{meta['activation_checkpointing']}; quietstar {meta['quietstar_revision']}.",
+        "",
+        "## Memory of one training forward (MiB)",
+        "",
+        "| study | T | P | L | autograd saved | of which vocab-sized | K/V store | shared | union | union / (P L) KiB "
+        "| P x plain step | union / (P x plain) | CUDA peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["memory"]:
+        if row["status"] != "ok":
+            lines.append(f"| {row['study']} | {row['n_thought_tokens']} | {row['passes']} | {row['seq_len']} | "
+                         f"{row['status']} | | | | | | | | |")
+            continue
+        per_slice = row["union_bytes"] / (row["passes"] * row["seq_len"]) / 1024
+        plain_floor = row.get("plain_step_saved_bytes")
+        plain_cells = "| |" if plain_floor is None else (
+            f"{mib(row['passes'] * plain_floor)} | {row['union_bytes'] / (row['passes'] * plain_floor):.2f} |"
+        )
+        lines.append(
+            f"| {row['study']} | {row['n_thought_tokens']} | {row['passes']} | {row['seq_len']} | "
+            f"{mib(row['autograd_saved_bytes'])} | {mib(row['vocab_sized_bytes'])} | {mib(row['kv_store_bytes'])} | "
+            f"{mib(row['shared_bytes'])} | {mib(row['union_bytes'])} | {per_slice:.1f} | {plain_cells} "
+            f"{mib(row['cuda_peak_bytes'])} |"
+        )
+    measured = [r for r in report["memory"] if r["status"] == "ok"]
+    paper_setting = (meta["sweep_thought_tokens"], meta["fit_seq_len"])
+    detail = next((r for r in measured if (r["n_thought_tokens"], r["seq_len"]) == paper_setting), None)
+    if detail is not None:
+        parts = list(detail["autograd_saved_bytes_by_node"].items())[:8]
+        lines += [
+            "",
+            f"Largest parts of autograd's bytes at T = {detail['n_thought_tokens']}, L = {detail['seq_len']}, by the kind "
+            "of node that saved them (MiB): " + ", ".join(f"{name} {mib(nbytes)}" for name, nbytes in parts) + ".",
+        ]
+    fit = report["fit"]
+    if fit is not None:
+        residuals = ", ".join(f"{100 * r:+.2f}%" for r in fit["relative_residuals"])
+        lines += [
+            "",
+            f"Fit over T (L = {meta['fit_seq_len']}): union = {mib(fit['a_bytes'])} MiB + "
+            f"{mib(fit['b_bytes_per_pass'])} MiB x P; relative residuals {residuals} "
+            f"(max {100 * fit['max_abs_relative_residual']:.2f}%).",
+        ]
+    if fit is not None and "quadratic_share_at_max_p" in fit:
+        lines.append(
+            f"A quadratic fit's P^2 term is {100 * fit['quadratic_share_at_max_p']:.1f}% of the bytes at the largest P."
+        )
+    if report["time"]:
+        lines += [
+            "",
+            "## Step time (forward + backward)",
+            "",
+            f"Plain = a causal step of the same model on the same B x N = {meta['batch'] * meta['n_thoughts']} rows "
+            "(thinking off); ratio = Quiet-STaR / (P x plain), the median over rounds of one Quiet-STaR step and P "
+            "plain steps.",
+            "",
+            "| T | P | L | Quiet-STaR s | plain s | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in report["time"]:
+            if row["status"] != "ok":
+                lines.append(f"| {row['n_thought_tokens']} | {row['passes']} | {row['seq_len']} | {row['status']} | | |")
+                continue
+            lines.append(
+                f"| {row['n_thought_tokens']} | {row['passes']} | {row['seq_len']} | {row['quietstar_seconds']:.3f} | "
+                f"{row['plain_seconds']:.3f} | {row['ratio']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def main():
+def plot(report: dict, path: Path) -> bool:
+    """Union bytes against P (T sweep) and against L (L sweep); False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    measured = [r for r in report["memory"] if r["status"] == "ok"]
+    fit_rows = [r for r in measured if r["study"] == "thought_length"]
+    length_rows = [r for r in measured if r["study"] == "seq_len"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    passes = [r["passes"] for r in fit_rows]
+    left.plot(passes, [r["union_bytes"] / MIB for r in fit_rows], "o", label="measured")
+    if report["fit"] is not None:
+        line = [report["fit"]["a_bytes"] + report["fit"]["b_bytes_per_pass"] * p for p in passes]
+        left.plot(passes, [v / MIB for v in line], "-", label="a + b P")
+    left.set(xlabel="passes P = T + A", ylabel="saved + K/V store (MiB)", title=f"L = {report['meta']['fit_seq_len']}")
+    left.legend()
+    right.plot([r["seq_len"] for r in length_rows], [r["union_bytes"] / MIB for r in length_rows], "o-")
+    right.set(
+        xlabel="sequence length L", ylabel="saved + K/V store (MiB)", title=f"T = {report['meta']['sweep_thought_tokens']}"
+    )
+    figure.suptitle(f"{report['meta']['preset']}, quietstar {report['meta']['quietstar_revision']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def fit_of(memory: list[dict]) -> dict | None:
+    rows = [r for r in memory if r["study"] == "thought_length" and r["status"] == "ok"]
+    if len({r["passes"] for r in rows}) < 2:
+        return None
+    return linear_fit([r["passes"] for r in rows], [r["union_bytes"] for r in rows])
+
+
+def write_json(report: dict, stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args = parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    rows = []
-    for length in args.seq_lens:
-        rows.append(measure(args, "plain", "torch", length, device))
-        logger.info("%s", rows[-1])
-        for impl in args.impls:
-            rows.append(measure(args, "quietstar", impl, length, device))
-            logger.info("%s", rows[-1])
-    meta = {
-        "device": device_name,
-        "preset": args.preset,
-        "layers": args.layers,
-        "batch": args.batch,
-        "n_thought_tokens": args.n_thought_tokens,
-        "n_ahead_talk": args.n_ahead_talk,
-        "n_thoughts": args.n_thoughts,
-        "dtype": args.dtype,
-        "activation_checkpointing": not args.no_activation_checkpointing,
-        "torch": torch.__version__,
+    args = parse_args(argv)
+    if args.render:
+        report = json.loads(args.render.read_text())
+        render(report, args.render.with_suffix(""))
+        return report
+    device = torch.device(args.device)
+    shape = dict(PRESETS[args.preset], **({"num_hidden_layers": args.layers} if args.layers else {}))
+    report = {
+        "benchmark": "train_step",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "meta": {
+            "device": device_name(device),
+            "preset": args.preset,
+            "model": shape,
+            "vocab_size": VOCAB,
+            "batch": args.batch,
+            "n_thoughts": args.n_thoughts,
+            "n_ahead_talk": args.n_ahead_talk,
+            "fit_seq_len": args.fit_seq_len,
+            "sweep_thought_tokens": args.sweep_thought_tokens,
+            "dtype": args.dtype,
+            "attention_impl": attention_impl(args, device),
+            "activation_checkpointing": args.activation_checkpointing,
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "quietstar_revision": source_revision(),
+        },
+        "memory": [],
+        "fit": None,
+        "time": [],
     }
-    out = args.out or RESULTS / f"train_step_{'cuda' if device.type == 'cuda' else 'cpu'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    out.with_suffix(".md").write_text(to_markdown(meta, rows))
-    logger.info("wrote %s and %s", out, out.with_suffix(".md"))
+    stem = args.out_dir / "_".join(filter(None, ["train_step", args.label, device_slug(device)]))
+    # The JSON is rewritten after every row, so a run the operating system stops (CPU memory) keeps what it measured.
+    for length in args.time_seq_lens:
+        report["time"].append(time_row(args, length, device))
+        write_json(report, stem)
+    memory = report["memory"]
+    for thought_length in args.thought_lengths:
+        memory.append(memory_row(args, "thought_length", thought_length, args.fit_seq_len, device))
+        report["fit"] = fit_of(memory)
+        write_json(report, stem)
+    for length in args.seq_lens:  # a setting the T sweep already measured is not measured again (it is exact)
+        same = [r for r in memory if (r["n_thought_tokens"], r["seq_len"]) == (args.sweep_thought_tokens, length)]
+        if same:
+            memory.append(dict(same[0], study="seq_len"))
+        else:
+            memory.append(memory_row(args, "seq_len", args.sweep_thought_tokens, length, device))
+        write_json(report, stem)
+    render(report, stem)
+    return report
+
+
+def render(report: dict, stem: Path) -> None:
+    """Print the markdown tables and write them (and the PNG, with matplotlib) next to the JSON `stem`.json."""
+    markdown = to_markdown(report)
+    print(markdown)
+    stem.with_suffix(".md").write_text(markdown)
+    written = [stem.with_suffix(suffix).name for suffix in (".json", ".md")]
+    written += [stem.with_suffix(".png").name] if plot(report, stem.with_suffix(".png")) else []
+    logger.info("wrote %s in %s", ", ".join(written), stem.parent)
 
 
 if __name__ == "__main__":
