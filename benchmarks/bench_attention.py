@@ -41,7 +41,6 @@ import argparse
 import datetime
 import importlib.util
 import json
-import re
 import statistics
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ import torch.nn.functional as F
 import triton
 
 from quietstar.attention_quietstar import torch_thought_attention
+from quietstar.training.metrics import device_slug
 from quietstar.kernels import thought_attention as kernels
 
 THOUGHT_PROVIDERS = ("triton", "torch", "dense", "flex")
@@ -461,10 +461,6 @@ def plot(report, path: Path) -> bool:
     return True
 
 
-def device_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def _version(module: str) -> str | None:
     if importlib.util.find_spec(module) is None:
         return None
@@ -502,7 +498,7 @@ def main(argv=None) -> dict:
         step=step_aggregate(results, rooflines, args),
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"attention_{device_slug(device_name)}"
+    stem = args.out_dir / f"attention_{device_slug(device)}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     table = markdown_report(report)
     stem.with_suffix(".md").write_text(table)

@@ -20,8 +20,6 @@ import datetime
 import json
 import logging
 import os
-import platform
-import re
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ import transformers
 
 import quietstar
 from quietstar import QuietStarConfig, QuietStarForCausalLM
+from quietstar.training.metrics import device_description, device_slug
 
 logger = logging.getLogger("bench_generate")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -70,17 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if min(args.batch_size, args.prompt_length, args.new_tokens, args.repeats) < 1:
         parser.error("--batch-size, --prompt-length, --new-tokens and --repeats must be >= 1")
     return args
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
-
-
-def device_slug(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def time_generate(model, input_ids, args, device, thinking: bool) -> dict:
@@ -192,7 +180,7 @@ def main(argv=None) -> dict:
     report = {
         "benchmark": "generate",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device),
+        "device": device_description(device),
         "load_average_1min": os.getloadavg()[0],  # other work on the host slows CPU timings down
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "quietstar": quietstar.__version__},
         "preset": args.preset,

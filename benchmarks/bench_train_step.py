@@ -42,7 +42,6 @@ import datetime
 import gc
 import json
 import logging
-import platform
 import re
 import statistics
 import subprocess
@@ -56,6 +55,7 @@ import transformers
 
 import quietstar
 from quietstar import QuietStarConfig, QuietStarForCausalLM
+from quietstar.training.metrics import device_description, device_slug
 
 logger = logging.getLogger("bench_train_step")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,17 +112,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if len(set(args.thought_lengths)) < 2:
         parser.error("--thought-lengths needs at least two distinct values for the fit")
     return args
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
-
-
-def device_slug(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def source_revision() -> str:
@@ -541,7 +530,7 @@ def main(argv=None) -> dict:
         "benchmark": "train_step",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "meta": {
-            "device": device_name(device),
+            "device": device_description(device),
             "preset": args.preset,
             "model": shape,
             "vocab_size": VOCAB,

@@ -39,7 +39,6 @@ import datetime
 import json
 import logging
 import math
-import platform
 import random
 import statistics
 import time
@@ -52,6 +51,7 @@ import transformers
 
 import quietstar
 from quietstar import QuietStarConfig, QuietStarForCausalLM
+from quietstar.training.metrics import device_description
 
 logger = logging.getLogger("thinking_ablation")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -366,7 +366,7 @@ def train_arm(arm: str, seed: int, base_state: dict, settings: StudySettings, ev
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.arm_lr, weight_decay=settings.weight_decay)
     data_rng = random.Random(SPLIT_SEED_OFFSET["train"] + 1 + seed)
     torch.manual_seed(seed)
-    curve, train_log, thoughts = [], [], {}
+    curve, thoughts = [], {}
     window = []
     train_seconds = 0.0
     for step in range(settings.arm_steps + 1):
@@ -648,7 +648,7 @@ def run_study(settings: StudySettings) -> dict:
     quiet_star_first = next(r for r in runs if r["arm"] == "quiet-star" and r["seed"] == settings.seeds[0])
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": f"cpu {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads",
+        "device": device_description(torch.device("cpu")),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "quietstar": quietstar.__version__,

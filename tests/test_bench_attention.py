@@ -1,21 +1,18 @@
 """The attention microbenchmark runs at the tiny preset on CPU and writes a complete JSON and markdown report."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_attention", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "bench_attention")
 
 
 def test_tiny_cpu_run_writes_json_and_markdown(bench, tmp_path, capsys):

@@ -1,20 +1,17 @@
 """benchmarks/bench_train_step.py runs at tiny size and reports memory parts, a linear fit and a time ratio."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_step.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "bench_train_step")
 
 
 def test_fit_separates_linear_from_quadratic_growth(bench):

@@ -1,12 +1,12 @@
 """The README, the docs and every command's --help refer only to files that exist in the repository."""
 
 import importlib
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from scripts import load_script
 from tiny import tiny_config
 
 from quietstar.modeling_quietstar import QuietStarMixingHead
@@ -100,9 +100,7 @@ def test_help_names_only_files_in_the_repository(command, capsys):
     if kind == "module":
         module = importlib.import_module(target)
     else:
-        spec = importlib.util.spec_from_file_location(f"cli_{target.stem}", target)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_script(target, f"cli_{target.stem}")
     with pytest.raises(SystemExit) as stopped:
         module.main(["--help"])
     assert stopped.value.code == 0

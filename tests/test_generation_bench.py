@@ -1,11 +1,11 @@
 """benchmarks/bench_generate.py runs, reports thinking cost as model calls per generated token, prints a table and
 writes JSON, markdown and a PNG outside the tracked files unless asked to."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH = REPO_ROOT / "benchmarks" / "bench_generate.py"
@@ -13,10 +13,7 @@ BENCH = REPO_ROOT / "benchmarks" / "bench_generate.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_generate", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "bench_generate")
 
 
 def test_bench_generate_writes_tokens_per_second_table_and_plot(bench, tmp_path, capsys):

@@ -2,23 +2,18 @@
 register spills for sm_90 and sm_80 (no GPU needed: triton compiles for a GPUTarget and its bundled ptxas assembles
 the PTX)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_report.py"
 
 
 @pytest.fixture(scope="module")
 def report_module():
-    spec = importlib.util.spec_from_file_location("kernel_report", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its worker processes pickle compile_one by module name
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPORT, "kernel_report")  # registered: its worker processes pickle compile_one by name
 
 
 @pytest.fixture(scope="module")

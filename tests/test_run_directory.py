@@ -1,10 +1,10 @@
 """Output directories are never reused by accident, and `metrics.jsonl` holds every step once after a resume."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 from quietstar.training import metrics as metrics_module
 from quietstar.training.metrics import truncate_metrics
@@ -20,10 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _train_module():
-    spec = importlib.util.spec_from_file_location("train_entry", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "train.py", "train_entry")
 
 
 def _fake_run(directory: Path) -> None:

@@ -1,13 +1,13 @@
 """benchmarks/thinking_ablation.py: its task data, its argument checks, and a `--quick` study end to end (the
 outputs' structure, not the outcome)."""
 
-import importlib.util
 import json
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "thinking_ablation.py"
@@ -15,10 +15,7 @@ SCRIPT = REPO_ROOT / "benchmarks" / "thinking_ablation.py"
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("thinking_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "thinking_ablation")
 
 
 def test_problems_hold_their_sums_and_answers_keep_a_look_ahead_window(ablation):

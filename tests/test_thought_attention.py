@@ -106,3 +106,9 @@ def test_torch_keeps_each_pass_once_for_backward():
     probabilities = batch * heads * length * 4  # bytes of one more column of fp32 probabilities
     assert saved_bytes(1) == batch * heads * length * (length + 1) * 4 + length * length
     assert saved_bytes(9) - saved_bytes(1) == 8 * probabilities
+
+
+def test_auto_resolves_by_device():
+    assert resolve_attention_impl("auto", torch.device("cpu")) == "torch"
+    assert resolve_attention_impl("auto", torch.device("cuda")) == "triton"
+    assert resolve_attention_impl("dense", torch.device("cuda")) == "dense"

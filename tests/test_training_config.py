@@ -1,9 +1,9 @@
 """Training configs: YAML loading, dotted overrides, and errors that name the key."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 from quietstar.training.config import ConfigError, batch_layout, load_config
 
@@ -12,10 +12,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def _train_module():
-    spec = importlib.util.spec_from_file_location("train_entry", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "train.py", "train_entry")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
