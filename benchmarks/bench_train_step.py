@@ -5,7 +5,7 @@ tensor that autograd saves for backward is recorded through `torch.autograd.grap
 graph still holds when the forward returns are counted, each storage once (by its data pointer); the storages of
 parameters and buffers are left out, since they are there without any forward. Added to that are the tensors held by the thought K/V store of the forward (every tensor
 reachable from the store object, found by hooking the model's forward kwargs), again once per storage; the table
-gives autograd's bytes, the store's, the bytes both hold, and the union. "vocab-sized" is the part of autograd's
+gives autograd's bytes, the store's, the bytes both hold, the checkpointed layers' inputs (below), and the union. "vocab-sized" is the part of autograd's
 bytes in storages saved as (..., V) with at least one row per text token (full-vocabulary logits or softmaxes).
 "P x plain step" is P times the bytes that one plain causal step (thinking off) of the same model on the same
 B * N rows saves: what running the P passes as plain steps would keep, the floor for any implementation that keeps
@@ -22,8 +22,11 @@ the same B * N rows (each sequence repeated N times); the ratio (median over rou
 parallel-thought step over running its P passes as plain passes.
 
 On CUDA the rows also give torch.cuda.max_memory_allocated above the memory in use before the step, for a full
-forward + backward. Activation checkpointing is off unless asked for (under checkpointing autograd saves the
-recomputed layers' tensors only during backward, so the saved-bytes count covers the rest of the step).
+forward + backward. Activation checkpointing is off unless asked for. With `--activation-checkpointing` (the
+training default) each decoder layer is recomputed in backward: autograd saves nothing inside a layer during the
+forward, and what the layer keeps instead is its inputs (hidden states, RoPE tables, mask), found by hooking the
+checkpointed layers' forward arguments and added to the union as "layer inputs"; the per-node breakdown is skipped
+then, since reading a checkpointed node's saved tensors would recompute its layer.
 
 Presets: `tiny` (hidden 64, 2 layers, for smoke runs), `mistral-shaped` (Mistral's head layout at hidden 512,
 4 layers, 8 query / 2 key-value heads: the memory study on CPU), `mistral-7b` (Mistral 7B v0.1 widths, 32 layers;
@@ -52,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 import quietstar
 from quietstar import QuietStarConfig, QuietStarForCausalLM
@@ -239,15 +243,15 @@ def measure_memory(model, tokens: torch.LongTensor, args, device: torch.device, 
         return alias
 
     states = {}  # id -> the quietstar objects passed to any module's forward (the thought K/V store)
-    hooks = [
-        module.register_forward_pre_hook(
-            lambda module, positional, kwargs: states.update(
-                (id(value), value) for value in kwargs.values() if is_quietstar_state(value)
-            ),
-            with_kwargs=True,
-        )
-        for module in model.modules()
-    ]
+    layer_inputs = []  # tensors a checkpointed layer keeps to recompute itself in backward
+
+    def record_arguments(module, positional, kwargs):
+        states.update((id(value), value) for value in kwargs.values() if is_quietstar_state(value))
+        if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing and module.training:
+            for value in (*positional, *kwargs.values()):
+                layer_inputs.extend(t for t in (value if isinstance(value, tuple) else (value,)) if isinstance(t, torch.Tensor))
+
+    hooks = [module.register_forward_pre_hook(record_arguments, with_kwargs=True) for module in model.modules()]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -272,7 +276,10 @@ def measure_memory(model, tokens: torch.LongTensor, args, device: torch.device, 
             saved[key] = saved.get(key, False) or vocab_sized
     store = {storage_key(t) for state in states.values() for t in reachable_tensors(state) if t.untyped_storage().nbytes()}
     store -= parameter_storages
-    by_node = saved_bytes_by_node(loss, set(saved))
+    inputs = {storage_key(t) for t in layer_inputs if t.untyped_storage().nbytes()} - parameter_storages
+    inputs -= store | saved.keys()
+    del layer_inputs
+    by_node = {} if args.activation_checkpointing else saved_bytes_by_node(loss, set(saved))
     cuda_peak = None
     if device.type == "cuda":
         loss.backward()
@@ -288,7 +295,8 @@ def measure_memory(model, tokens: torch.LongTensor, args, device: torch.device, 
         "vocab_sized_bytes": sum(nbytes for (_, nbytes), vocab_sized in saved.items() if vocab_sized),
         "kv_store_bytes": store_bytes,
         "shared_bytes": shared_bytes,
-        "union_bytes": autograd_bytes + store_bytes - shared_bytes,
+        "layer_input_bytes": sum(nbytes for _, nbytes in inputs),
+        "union_bytes": autograd_bytes + store_bytes - shared_bytes + sum(nbytes for _, nbytes in inputs),
         "autograd_saved_storages": len(saved),
         "kv_store_storages": len(store),
         "cuda_peak_bytes": cuda_peak,
@@ -333,7 +341,7 @@ def memory_row(args, study: str, thought_length: int, length: int, device: torch
         model = build_model(args, thought_length, length, device)
         row |= {"status": "ok", **measure_memory(model, tokens, args, device)}
         plain = measure_memory(model, tokens, args, device, thinking=False)
-        row["plain_step_saved_bytes"] = plain["autograd_saved_bytes"]
+        row["plain_step_saved_bytes"] = plain["autograd_saved_bytes"] + plain["layer_input_bytes"]
         del model
     except torch.OutOfMemoryError:
         row["status"] = "oom"
@@ -408,14 +416,14 @@ def to_markdown(report: dict) -> str:
         "",
         "## Memory of one training forward (MiB)",
         "",
-        "| study | T | P | L | autograd saved | of which vocab-sized | K/V store | shared | union | union / (P L) KiB "
-        "| P x plain step | union / (P x plain) | CUDA peak |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| study | T | P | L | autograd saved | of which vocab-sized | K/V store | shared | layer inputs | union "
+        "| union / (P L) KiB | P x plain step | union / (P x plain) | CUDA peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["memory"]:
         if row["status"] != "ok":
             lines.append(f"| {row['study']} | {row['n_thought_tokens']} | {row['passes']} | {row['seq_len']} | "
-                         f"{row['status']} | | | | | | | | |")
+                         f"{row['status']} | | | | | | | | | |")
             continue
         per_slice = row["union_bytes"] / (row["passes"] * row["seq_len"]) / 1024
         plain_floor = row.get("plain_step_saved_bytes")
@@ -425,13 +433,14 @@ def to_markdown(report: dict) -> str:
         lines.append(
             f"| {row['study']} | {row['n_thought_tokens']} | {row['passes']} | {row['seq_len']} | "
             f"{mib(row['autograd_saved_bytes'])} | {mib(row['vocab_sized_bytes'])} | {mib(row['kv_store_bytes'])} | "
-            f"{mib(row['shared_bytes'])} | {mib(row['union_bytes'])} | {per_slice:.1f} | {plain_cells} "
+            f"{mib(row['shared_bytes'])} | {mib(row.get('layer_input_bytes', 0))} | {mib(row['union_bytes'])} | "
+            f"{per_slice:.1f} | {plain_cells} "
             f"{mib(row['cuda_peak_bytes'])} |"
         )
     measured = [r for r in report["memory"] if r["status"] == "ok"]
     paper_setting = (meta["sweep_thought_tokens"], meta["fit_seq_len"])
     detail = next((r for r in measured if (r["n_thought_tokens"], r["seq_len"]) == paper_setting), None)
-    if detail is not None:
+    if detail is not None and detail["autograd_saved_bytes_by_node"]:
         parts = list(detail["autograd_saved_bytes_by_node"].items())[:8]
         lines += [
             "",

@@ -3,9 +3,18 @@
 A Quiet-STaR step needs, per pass, either the NLL of a target token (base and look-ahead passes) or a sampled
 thought token and its log-probability at the REINFORCE temperature (thought passes). Computed naively, each of
 these materialises (rows, V) logits and an fp32 log-softmax that autograd keeps until backward: with V = 32002 that
-is the largest activation of the step. The functions here process the rows in chunks of `chunk_size`: a chunk's
-logits live only while that chunk is processed, autograd keeps the hidden states, the head weight, the token ids
-and one fp32 log-sum-exp per row, and backward recomputes each chunk's logits (one extra matmul per chunk).
+is the largest activation of the step. The functions here process the rows in chunks of `chunk_size`, so a chunk's
+logits live only while that chunk is processed:
+
+- `weighted_linear_cross_entropy` returns the per-row NLLs (for the rewards) and their weighted sum (the NLL part of
+  the loss). The weights are known before the forward (they depend on the label mask only), so the gradients of the
+  sum are computed chunk by chunk in the forward, as in Liger-Kernel's fused linear cross-entropy: autograd keeps the
+  (rows, H) gradient of the hidden states and one (V, H) gradient of the head weight, and backward only scales them.
+  No logits are recomputed.
+- `sample_thought_tokens` draws a token per row and returns its log-probability. Its upstream gradient (the
+  REINFORCE advantage) is known only after the look-ahead passes, so autograd keeps the hidden states, the head
+  weight, the token ids and one fp32 log-sum-exp per row, and backward recomputes the logits of the rows whose
+  upstream gradient is non-zero (with clipped advantages and two thoughts per position, about half of them).
 
 Shapes: `hidden` is (..., H) (N rows once the leading dimensions are flattened), `weight` is the (V, H) head
 weight (no bias). Logits are computed in the dtype `lm_head(hidden)` would multiply in (under autocast, the autocast
@@ -45,6 +54,28 @@ def _chunk_logits(hidden_rows: torch.Tensor, weight: torch.Tensor, banned_ids: t
     return logits
 
 
+def _head_backward(
+    grad_logits: torch.Tensor,
+    rows: torch.Tensor,
+    matmul_weight: torch.Tensor,
+    grad_weight: torch.Tensor | None,
+    needs_rows: bool,
+) -> torch.Tensor | None:
+    """Backpropagate the (c, V) `grad_logits` of `rows @ matmul_weight.T`: add the (V, H) gradient of the weight
+    into `grad_weight` (when not None) and return the (c, H) gradient of the rows (when `needs_rows`, else None)."""
+    grad_logits = grad_logits.to(matmul_weight.dtype)
+    if grad_weight is not None:
+        if grad_weight.dtype == rows.dtype:
+            grad_weight.addmm_(grad_logits.T, rows)
+        else:
+            grad_weight += (grad_logits.T @ rows).to(grad_weight.dtype)
+    return grad_logits @ matmul_weight if needs_rows else None
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits if temperature == 1 else logits / temperature
+
+
 def _pick_tokens(logits: torch.Tensor, temperature: float, uniform: torch.Tensor | None) -> torch.LongTensor:
     """(c, V) logits -> (c,) tokens: the argmax at temperature 0, else one inverse-CDF draw per row.
 
@@ -53,7 +84,7 @@ def _pick_tokens(logits: torch.Tensor, temperature: float, uniform: torch.Tensor
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    probs = torch.softmax(_scaled(logits.float(), temperature), dim=-1)
     cdf = probs.cumsum(dim=-1)
     threshold = uniform.unsqueeze(-1) * cdf[:, -1:]
     tokens = torch.searchsorted(cdf, threshold, right=True).clamp(max=probs.shape[-1] - 1)
@@ -61,15 +92,51 @@ def _pick_tokens(logits: torch.Tensor, temperature: float, uniform: torch.Tensor
     return torch.where(drawable, tokens, probs.argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
-def _valid_rows(tokens: torch.LongTensor, ignore_index: int | None) -> torch.Tensor:
-    """(c,) bool: rows whose token is not `ignore_index` (all rows when it is None)."""
-    if ignore_index is None:
-        return torch.ones_like(tokens, dtype=torch.bool)
-    return tokens != ignore_index
+class _WeightedLinearCrossEntropy(torch.autograd.Function):
+    """sum_r row_weights[r] * NLL_r of logits = hidden @ weight.T, with the gradients computed in forward.
 
+    `hidden` (N, H), `weight` (V, H), `targets` (N,), `row_weights` (N,) in the compute dtype (0 where the target is
+    ignored). Forward, chunk by chunk: the chunk's logits, the rows' NLLs and, when asked for,
+    d loss / d logits = row_weight * (softmax - onehot(target)), pushed through the head at once. Saved for
+    backward: the (N, H) gradient of hidden and the (V, H) gradient of weight, which backward scales by the upstream
+    gradient of the sum. The per-row NLLs are returned without gradient.
+    """
 
-def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return logits if temperature == 1 else logits / temperature
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, row_weights, needs_hidden, needs_weight, chunk_size, matmul_dtype):
+        compute_dtype = row_weights.dtype
+        matmul_weight = weight.to(matmul_dtype)
+        nll = hidden.new_empty(hidden.shape[0], dtype=compute_dtype)
+        grad_hidden = torch.empty_like(hidden) if needs_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=compute_dtype) if needs_weight else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            rows = hidden[chunk].to(matmul_dtype)
+            logits = _chunk_logits(rows, matmul_weight, None)
+            logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
+            target = targets[chunk].unsqueeze(-1)
+            nll[chunk] = (logsumexp - logits.gather(-1, target)).squeeze(-1)
+            if needs_hidden or needs_weight:
+                chunk_weights = row_weights[chunk].unsqueeze(-1)
+                grad_logits = logits.sub_(logsumexp).exp_().mul_(chunk_weights)
+                grad_logits.scatter_add_(-1, target, -chunk_weights)
+                grad_rows = _head_backward(grad_logits, rows, matmul_weight, grad_weight, needs_hidden)
+                if needs_hidden:
+                    grad_hidden[chunk] = grad_rows
+        if needs_weight:
+            grad_weight = grad_weight.to(weight.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.mark_non_differentiable(nll)
+        return (nll * row_weights).sum(), nll
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_nll):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight * grad_loss.to(grad_weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None, None
 
 
 class _ChunkedTokenLogProb(torch.autograd.Function):
@@ -78,15 +145,15 @@ class _ChunkedTokenLogProb(torch.autograd.Function):
     `hidden` (N, H) and `weight` (V, H) come in their own dtypes and are cast to `matmul_dtype` chunk by chunk, so
     autograd keeps the caller's tensors (no cast copy of the weight). Forward, chunk by chunk: the chunk's logits,
     its tokens (the given ones, or picked by `_pick_tokens`), the row's log-sum-exp and log-probability. Saved for
-    backward: hidden, weight, tokens and the (N,) log-sum-exp. Backward recomputes the chunk's logits;
-    d logprob / d logits = (onehot(token) - softmax) / temperature. Rows whose token equals `ignore_index` get
-    log-probability 0 and no gradient.
+    backward: hidden, weight, tokens and the (N,) log-sum-exp. Backward recomputes the logits of the rows with a
+    non-zero upstream gradient only (the others contribute exactly zero);
+    d logprob / d logits = (onehot(token) - softmax) / temperature.
     """
 
     @staticmethod
     def forward(
-        ctx, hidden, weight, given_tokens, uniform, banned_ids, sample_temperature, temperature, ignore_index,
-        chunk_size, matmul_dtype,
+        ctx, hidden, weight, given_tokens, uniform, banned_ids, sample_temperature, temperature, chunk_size,
+        matmul_dtype,
     ):
         rows = hidden.shape[0]
         compute_dtype = torch.promote_types(matmul_dtype, torch.float32)
@@ -101,12 +168,9 @@ class _ChunkedTokenLogProb(torch.autograd.Function):
                 tokens[chunk] = _pick_tokens(logits, sample_temperature, None if uniform is None else uniform[chunk])
             scaled = _scaled(logits, temperature)
             logsumexp[chunk] = torch.logsumexp(scaled, dim=-1)
-            valid = _valid_rows(tokens[chunk], ignore_index)
-            picked = scaled.gather(-1, tokens[chunk].where(valid, 0).unsqueeze(-1)).squeeze(-1)
-            logprob[chunk] = torch.where(valid, picked - logsumexp[chunk], 0)
+            logprob[chunk] = scaled.gather(-1, tokens[chunk].unsqueeze(-1)).squeeze(-1) - logsumexp[chunk]
         ctx.save_for_backward(hidden, weight, tokens, logsumexp, banned_ids)
-        ctx.temperature, ctx.ignore_index, ctx.chunk_size = temperature, ignore_index, chunk_size
-        ctx.matmul_dtype = matmul_dtype
+        ctx.temperature, ctx.chunk_size, ctx.matmul_dtype = temperature, chunk_size, matmul_dtype
         ctx.mark_non_differentiable(tokens)
         return tokens, logprob
 
@@ -116,61 +180,73 @@ class _ChunkedTokenLogProb(torch.autograd.Function):
         needs_hidden, needs_weight = ctx.needs_input_grad[:2]
         compute_dtype = logsumexp.dtype
         matmul_weight = weight.to(ctx.matmul_dtype)
-        grad_hidden = torch.empty_like(hidden) if needs_hidden else None
+        grad_hidden = torch.zeros_like(hidden) if needs_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=compute_dtype) if needs_weight else None
-        for start in range(0, hidden.shape[0], ctx.chunk_size):
-            chunk = slice(start, start + ctx.chunk_size)
+        active = grad_logprob.nonzero().squeeze(-1)  # rows whose gradient is exactly zero are skipped
+        for start in range(0, active.numel(), ctx.chunk_size):
+            chunk = active[start : start + ctx.chunk_size]
             rows = hidden[chunk].to(ctx.matmul_dtype)
-            valid = _valid_rows(tokens[chunk], ctx.ignore_index)
-            grad_rows = torch.where(valid, grad_logprob[chunk], 0).to(compute_dtype).unsqueeze(-1)
+            grad_rows = grad_logprob[chunk].to(compute_dtype).unsqueeze(-1)
             scaled = _scaled(_chunk_logits(rows, matmul_weight, banned_ids), ctx.temperature)
             grad_logits = (scaled - logsumexp[chunk].unsqueeze(-1)).exp_().mul_(-grad_rows)
-            grad_logits.scatter_add_(-1, tokens[chunk].where(valid, 0).unsqueeze(-1), grad_rows)
-            grad_logits = _scaled(grad_logits, ctx.temperature).to(ctx.matmul_dtype)
+            grad_logits.scatter_add_(-1, tokens[chunk].unsqueeze(-1), grad_rows)
+            grad_logits = _scaled(grad_logits, ctx.temperature)
+            grad_chunk = _head_backward(grad_logits, rows, matmul_weight, grad_weight, needs_hidden)
             if needs_hidden:
-                grad_hidden[chunk] = grad_logits @ matmul_weight
-            if needs_weight:
-                if grad_weight.dtype == rows.dtype:
-                    grad_weight.addmm_(grad_logits.T, rows)
-                else:
-                    grad_weight += (grad_logits.T @ rows).to(compute_dtype)
+                grad_hidden[chunk] = grad_chunk.to(grad_hidden.dtype)
         if needs_weight:
             grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None
 
 
-def linear_cross_entropy(
+def weighted_linear_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.LongTensor,
+    row_weights: torch.Tensor,
     *,
     ignore_index: int = -100,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> torch.Tensor:
-    """Per-row cross-entropy of `hidden @ weight.T` against `targets`, without keeping the logits.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row cross-entropy of `hidden @ weight.T` against `targets`, and its weighted sum, without keeping logits.
 
-    Equals `F.cross_entropy(F.linear(hidden, weight).float(), targets, ignore_index=ignore_index,
-    reduction="none")` and is differentiable with respect to `hidden` and `weight`.
+    `nll` equals `F.cross_entropy(F.linear(hidden, weight).float(), targets, ignore_index=ignore_index,
+    reduction="none")` (no gradient); `loss` equals `(nll * row_weights).sum()` and is differentiable with respect
+    to `hidden` and `weight`. Its gradients are computed during this call (see the module doc), so the weights must
+    be known up front, which holds for every NLL term of the Quiet-STaR loss (they depend on the label mask only).
 
     Args:
         hidden: (..., H) hidden states.
         weight: (V, H) LM-head weight.
         targets: (...) target ids, `ignore_index` where no loss is wanted.
+        row_weights: (...) weight of each row's NLL in `loss` (not differentiated; ignored rows count 0).
         ignore_index: target id whose rows get NLL 0 and no gradient.
         chunk_size: rows whose (rows, V) logits are materialised at once.
 
     Returns:
-        (...) NLL in promote(dtype, float32), 0 where the target is ignored.
+        `loss` (a scalar) and `nll` (...), both in promote(dtype, float32); `nll` is 0 where the target is ignored.
     """
     _check_chunk_size(chunk_size)
-    if targets.shape != hidden.shape[:-1]:
-        raise ValueError(f"targets {tuple(targets.shape)} must have the leading shape of hidden {tuple(hidden.shape)}")
+    if targets.shape != hidden.shape[:-1] or row_weights.shape != targets.shape:
+        raise ValueError(
+            f"targets {tuple(targets.shape)} and row_weights {tuple(row_weights.shape)} must have the leading shape of "
+            f"hidden {tuple(hidden.shape)}"
+        )
     matmul_dtype = _matmul_dtype(hidden, weight)
-    _, logprob = _ChunkedTokenLogProb.apply(
-        hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), None, None, 0.0, 1.0, ignore_index,
-        chunk_size, matmul_dtype,
+    compute_dtype = torch.promote_types(matmul_dtype, torch.float32)
+    scored = targets != ignore_index
+    grad_enabled = torch.is_grad_enabled()
+    loss, nll = _WeightedLinearCrossEntropy.apply(
+        hidden.reshape(-1, hidden.shape[-1]),
+        weight,
+        targets.where(scored, 0).reshape(-1),
+        row_weights.detach().to(compute_dtype).where(scored, 0).reshape(-1),
+        grad_enabled and hidden.requires_grad,
+        grad_enabled and weight.requires_grad,
+        chunk_size,
+        matmul_dtype,
     )
-    return -logprob.view(targets.shape)
+    return loss, nll.where(scored.reshape(-1), 0).view(targets.shape)
 
 
 def sample_thought_tokens(
@@ -236,10 +312,9 @@ def sample_thought_tokens(
     if logprob_temperature <= 0:
         raise ValueError(f"logprob_temperature must be > 0 (or None), got {logprob_temperature}")
     tokens, logprob = _ChunkedTokenLogProb.apply(
-        rows, weight, given_tokens, uniform, banned, sample_temperature, logprob_temperature, None, chunk_size,
-        matmul_dtype,
+        rows, weight, given_tokens, uniform, banned, sample_temperature, logprob_temperature, chunk_size, matmul_dtype
     )
     return tokens.view(leading), logprob.view(leading)
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "linear_cross_entropy", "sample_thought_tokens"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "sample_thought_tokens", "weighted_linear_cross_entropy"]

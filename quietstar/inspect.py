@@ -69,7 +69,10 @@ def inspect_text(model, tokenizer, text: str) -> ThoughtReport:
         raise ValueError("the text must encode to at least two tokens")
     model.eval()
     passes = model.run_parallel_thoughts(input_ids, n_ahead_talk=model.config.n_ahead_talk)
-    scores = look_ahead_scores(passes.base_hidden, passes.talk_hidden, input_ids, model.lm_head.weight)
+    scores = look_ahead_scores(
+        passes.base_hidden, passes.talk_hidden, input_ids, model.lm_head.weight,
+        base_loss_weight=model.config.base_loss_weight,
+    )
     last = torch.full((1,), float("nan"), device=input_ids.device)
     ids = input_ids[0].tolist()
     thoughts = passes.thought_ids[0].tolist()  # (L, T - 2)

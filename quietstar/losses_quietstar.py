@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from .chunked_lm_head import DEFAULT_CHUNK_SIZE, linear_cross_entropy
+from .chunked_lm_head import DEFAULT_CHUNK_SIZE, weighted_linear_cross_entropy
 
 IGNORE_INDEX = -100
 
@@ -77,15 +77,17 @@ def complete_windows(labels: torch.Tensor, n_ahead_talk: int) -> torch.Tensor:
 
 @dataclass
 class LookAheadScores:
-    """Per-position NLLs of the base and thought-mixed predictions, and the reward of each thought.
+    """Per-position NLLs of the base and thought-mixed predictions, the reward of each thought, and the NLL loss.
 
-    - `base_nll`: (B', L) NLL of x[i + 1] under the base logits (0 where the target is ignored)
-    - `talk_nll`: A tensors (B', L); `talk_nll[j - 1]` is the NLL of x[i + j] under the mixed logits
+    - `base_nll`: (B', L) NLL of x[i + 1] under the base logits (0 where the target is ignored), detached
+    - `talk_nll`: A tensors (B', L); `talk_nll[j - 1]` is the NLL of x[i + j] under the mixed logits, detached
     - `talk_scored`: A bool tensors (B', L), where `talk_nll[j - 1]` has a target
     - `rewarded`: (B', L) bool, the real positions whose whole window x[i + 1 .. i + A] is real
       (`complete_windows`)
     - `rewards`: (B', L) sum over j = 1..A of (base NLL of x[i + j]) - (mixed NLL of x[i + j]), detached: how much
       the thought at position i helped predict the next A tokens; 0 outside `rewarded`
+    - `nll_loss`: scalar, base_loss_weight * (mean of `base_nll` over the scored positions) + (1 - base_loss_weight)
+      * (mean over j of the mean of `talk_nll[j - 1]` over its scored positions); the only differentiable field
     """
 
     base_nll: torch.Tensor
@@ -93,6 +95,7 @@ class LookAheadScores:
     talk_scored: list[torch.Tensor]
     rewarded: torch.Tensor
     rewards: torch.Tensor
+    nll_loss: torch.Tensor
 
 
 def look_ahead_scores(
@@ -101,6 +104,8 @@ def look_ahead_scores(
     labels: torch.Tensor,
     lm_head_weight: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
+    *,
+    base_loss_weight: float,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> LookAheadScores:
     """Score the base pass and the A look-ahead predictions of every position.
@@ -113,26 +118,40 @@ def look_ahead_scores(
         lm_head_weight: (V, H) the output embedding.
         attention_mask: (B', L) 1 for real tokens, 0 for padding, or None. A padding position thinks about nothing,
             so it gets no reward even when the tokens after it are real (left padding).
-        chunk_size: rows whose logits are materialised at once; the NLLs come from `linear_cross_entropy`, which
-            keeps no (rows, V) tensor for backward.
+        base_loss_weight: weight of the base NLL in `nll_loss` (the mixed NLLs get 1 - base_loss_weight).
+        chunk_size: rows whose logits are materialised at once. All A + 1 passes are scored by one
+            `weighted_linear_cross_entropy`: each row's weight in `nll_loss` depends on the label mask only, so its
+            gradient is computed in this call and no (rows, V) tensor is kept for backward.
     """
-    base_nll = linear_cross_entropy(
-        base_hidden, lm_head_weight, shift_left(labels, 1, IGNORE_INDEX), ignore_index=IGNORE_INDEX, chunk_size=chunk_size
+    n_ahead = len(talk_hidden)
+    targets = [shift_left(labels, 1, IGNORE_INDEX)] + [shift_left(labels, j, IGNORE_INDEX) for j in range(1, n_ahead + 1)]
+    scored = [target != IGNORE_INDEX for target in targets]
+    pass_weights = [base_loss_weight] + [(1 - base_loss_weight) / n_ahead] * n_ahead
+    dtype = torch.promote_types(base_hidden.dtype, torch.float32)
+    row_weights = [mask.to(dtype) * weight / mask.sum().clamp(min=1).to(dtype) for weight, mask in zip(pass_weights, scored)]
+    nll_loss, nll = weighted_linear_cross_entropy(
+        torch.stack([base_hidden, *talk_hidden]),
+        lm_head_weight,
+        torch.stack(targets),
+        torch.stack(row_weights),
+        ignore_index=IGNORE_INDEX,
+        chunk_size=chunk_size,
     )
-    rewarded = complete_windows(labels, len(talk_hidden))
+    base_nll, talk_nll = nll[0], list(nll[1:])
+    rewarded = complete_windows(labels, n_ahead)
     if attention_mask is not None:
         rewarded &= attention_mask.bool()
-    talk_nll, talk_scored = [], []
     rewards = torch.zeros_like(base_nll)
-    for j, hidden in enumerate(talk_hidden, start=1):
-        targets = shift_left(labels, j, IGNORE_INDEX)
-        nll = linear_cross_entropy(hidden, lm_head_weight, targets, ignore_index=IGNORE_INDEX, chunk_size=chunk_size)
+    for j, mixed_nll in enumerate(talk_nll, start=1):
         base_nll_of_same_target = shift_left(base_nll, j - 1)
-        rewards = rewards + (base_nll_of_same_target - nll).detach() * rewarded
-        talk_nll.append(nll)
-        talk_scored.append(targets != IGNORE_INDEX)
+        rewards = rewards + (base_nll_of_same_target - mixed_nll) * rewarded
     return LookAheadScores(
-        base_nll=base_nll, talk_nll=talk_nll, talk_scored=talk_scored, rewarded=rewarded, rewards=rewards.detach()
+        base_nll=base_nll,
+        talk_nll=talk_nll,
+        talk_scored=scored[1:],
+        rewarded=rewarded,
+        rewards=rewards,
+        nll_loss=nll_loss,
     )
 
 
@@ -141,14 +160,13 @@ def quietstar_loss(
     thought_logprobs: torch.Tensor,
     *,
     n_thoughts: int,
-    base_loss_weight: float,
     policy_loss_weight: float,
     clip_negative_rewards: bool,
 ) -> QuietStarLosses:
     """Combine the scores of one parallel-thought forward into the Quiet-STaR loss.
 
     Args:
-        scores: the per-position NLLs and rewards of `look_ahead_scores` (rows b * N + n).
+        scores: the per-position NLLs, rewards and weighted NLL loss of `look_ahead_scores` (rows b * N + n).
         thought_logprobs: (B', L) mean over the sampled thought tokens of position i of their log-probability at
             the REINFORCE temperature (carries the gradient of the policy term).
 
@@ -161,11 +179,11 @@ def quietstar_loss(
     ).mean()
     advantage = reinforce_advantage(scores.rewards, n_thoughts, clip_negative_rewards)
     policy_loss = masked_mean(-advantage * thought_logprobs, scores.rewarded)
-    loss = base_loss_weight * base_nll + (1 - base_loss_weight) * thought_nll + policy_loss_weight * policy_loss
+    loss = scores.nll_loss + policy_loss_weight * policy_loss
     return QuietStarLosses(
         loss=loss,
-        base_nll=base_nll.detach(),
-        thought_nll=thought_nll.detach(),
+        base_nll=base_nll,
+        thought_nll=thought_nll,
         policy_loss=policy_loss.detach(),
         mean_reward=masked_mean(scores.rewards, scores.rewarded),
         mean_advantage=masked_mean(advantage, scores.rewarded),

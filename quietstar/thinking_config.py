@@ -61,9 +61,9 @@ class QuietStarConfigMixin:
         lm_head_chunk_size (`int`, defaults to 1024):
             Rows (positions x thought copies) whose vocabulary-sized logits are materialised at once when thinking:
             thought sampling, its REINFORCE log-probability and the NLLs of the loss run over the rows in chunks of
-            this size and recompute a chunk's logits in backward instead of keeping them (with V = 32002 one chunk
-            of 1024 rows is 131 MB in fp32). Smaller saves memory for large vocabularies; it never changes results
-            beyond float rounding. At least 1.
+            this size and never keep a chunk's logits for backward (with V = 32002 one chunk of 1024 rows is 131 MB
+            in fp32). Smaller saves memory for large vocabularies; it never changes results beyond float rounding.
+            At least 1.
     """
 
     n_thought_tokens: int = 11

@@ -358,13 +358,13 @@ class QuietStarModelMixin(QuietStarGenerationMixin):
             labels,
             self.lm_head.weight,
             attention_mask,
+            base_loss_weight=config.base_loss_weight,
             chunk_size=config.lm_head_chunk_size,
         )
         losses = quietstar_loss(
             scores,
             passes.thought_logprobs,
             n_thoughts=n_thoughts,
-            base_loss_weight=config.base_loss_weight,
             policy_loss_weight=config.policy_loss_weight,
             clip_negative_rewards=config.clip_negative_rewards,
         )

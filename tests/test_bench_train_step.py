@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_step.py"
@@ -46,6 +47,7 @@ def test_quick_run_writes_memory_fit_and_time(bench, tmp_path):
     for row in memory:
         assert row["passes"] == row["n_thought_tokens"] + 4
         assert row["kv_store_bytes"] > 0 and row["autograd_saved_bytes"] > 0  # the K/V store was found
+        assert row["layer_input_bytes"] == 0  # nothing is checkpointed
         assert row["union_bytes"] == row["autograd_saved_bytes"] + row["kv_store_bytes"] - row["shared_bytes"]
         assert 0 <= row["shared_bytes"] <= min(row["kv_store_bytes"], row["autograd_saved_bytes"])
         assert row["vocab_sized_bytes"] <= row["autograd_saved_bytes"] and row["cuda_peak_bytes"] is None
@@ -62,3 +64,22 @@ def test_quick_run_writes_memory_fit_and_time(bench, tmp_path):
     assert timing["quietstar_seconds"] > 0 and timing["plain_seconds"] > 0
     (ratio,) = timing["round_ratios"]  # --quick times one round after the warm-up
     assert timing["ratio"] == ratio > 0
+
+
+@pytest.mark.slow
+def test_checkpointed_layers_are_counted_by_their_inputs(bench):
+    """Under activation checkpointing the layers save nothing in forward; what they keep is their inputs."""
+    rows = {}
+    for flags in ([], ["--activation-checkpointing"]):
+        args = bench.parse_args(["--preset", "tiny", "--quick", "--device", "cpu", *flags])
+        rows[bool(flags)] = bench.memory_row(args, "thought_length", 4, 8, torch.device("cpu"))
+    full, checkpointed = rows[False], rows[True]
+    assert full["layer_input_bytes"] == 0 and full["autograd_saved_bytes_by_node"]
+    # the per-node walk would read the checkpointed nodes' saved tensors and so recompute the layers: it is skipped
+    assert checkpointed["autograd_saved_bytes_by_node"] == {} and checkpointed["layer_input_bytes"] > 0
+    assert checkpointed["union_bytes"] == (
+        checkpointed["autograd_saved_bytes"] + checkpointed["kv_store_bytes"] - checkpointed["shared_bytes"]
+        + checkpointed["layer_input_bytes"]
+    )
+    assert checkpointed["autograd_saved_storages"] < full["autograd_saved_storages"] / 2
+    assert checkpointed["union_bytes"] < full["union_bytes"]

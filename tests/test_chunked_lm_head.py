@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from quietstar.chunked_lm_head import linear_cross_entropy, sample_thought_tokens
+from quietstar.chunked_lm_head import sample_thought_tokens, weighted_linear_cross_entropy
 
 IGNORE = -100
 ROWS, LENGTH, HIDDEN, VOCAB = 2, 9, 8, 37  # 18 rows: not a multiple of the chunk sizes 4 and 7
@@ -49,61 +49,99 @@ def grads(output, weights, inputs):
     return torch.autograd.grad((output * weights).sum(), inputs)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
-def test_linear_cross_entropy_matches_unfused_values_and_gradients(dtype, chunk_size):
-    hidden, weight = make_inputs(dtype)
-    generator = torch.Generator().manual_seed(1)
+def targets_and_weights(dtype, seed=1):
+    """(B', L) targets with ignored rows, and non-uniform row weights."""
+    generator = torch.Generator().manual_seed(seed)
     targets = torch.randint(0, VOCAB, (ROWS, LENGTH), generator=generator)
     targets[0, -3:] = IGNORE
     targets[1, 2] = IGNORE
-    row_weights = torch.rand(ROWS, LENGTH, generator=generator, dtype=dtype)  # a non-uniform upstream gradient
+    return targets, torch.rand(ROWS, LENGTH, generator=generator, dtype=dtype)
 
-    expected = F.cross_entropy(
-        F.linear(hidden, weight).flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none"
-    ).view_as(targets)
-    nll = linear_cross_entropy(hidden, weight, targets, ignore_index=IGNORE, chunk_size=chunk_size)
 
-    assert nll.shape == targets.shape and nll.dtype == torch.promote_types(dtype, torch.float32)
-    torch.testing.assert_close(nll, expected, **TOLERANCE[dtype])
+def unfused_nll(hidden, weight, targets):
+    logits = F.linear(hidden, weight)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none").view_as(targets)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
+def test_weighted_linear_cross_entropy_matches_unfused_values_and_gradients(dtype, chunk_size):
+    hidden, weight = make_inputs(dtype)
+    targets, row_weights = targets_and_weights(dtype)
+    expected_nll = unfused_nll(hidden, weight, targets)
+    expected_loss = (expected_nll * row_weights).sum()
+
+    loss, nll = weighted_linear_cross_entropy(
+        hidden, weight, targets, row_weights, ignore_index=IGNORE, chunk_size=chunk_size
+    )
+
+    assert nll.shape == targets.shape and nll.dtype == loss.dtype == torch.promote_types(dtype, torch.float32)
+    assert not nll.requires_grad and loss.requires_grad
+    torch.testing.assert_close(nll, expected_nll.detach(), **TOLERANCE[dtype])
+    torch.testing.assert_close(loss, expected_loss, **TOLERANCE[dtype])
     assert bool((nll[targets == IGNORE] == 0).all()) and bool((nll[targets != IGNORE] > 0).all())
-    got = grads(nll, row_weights, (hidden, weight))
-    for g, w in zip(got, grads(expected, row_weights, (hidden, weight))):
+    # the gradients computed in forward are scaled by the upstream gradient of the sum (here 2.5)
+    got = torch.autograd.grad(2.5 * loss, (hidden, weight))
+    for g, w in zip(got, torch.autograd.grad(2.5 * expected_loss, (hidden, weight))):
+        assert g.dtype == dtype
         torch.testing.assert_close(g, w, **TOLERANCE[dtype])
     assert bool((got[0][targets == IGNORE] == 0).all())
 
 
-def test_linear_cross_entropy_passes_gradcheck():
+def test_weighted_linear_cross_entropy_passes_gradcheck():
     generator = torch.Generator().manual_seed(2)
     hidden = torch.randn(7, 5, generator=generator, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(11, 5, generator=generator, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([0, 3, IGNORE, 10, 4, 4, 1])
+    row_weights = torch.rand(7, generator=generator, dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda h, w: linear_cross_entropy(h, w, targets, chunk_size=3), (hidden, weight), eps=1e-6, atol=1e-8
+        lambda h, w: weighted_linear_cross_entropy(h, w, targets, row_weights, chunk_size=3)[0],
+        (hidden, weight),
+        eps=1e-6,
+        atol=1e-8,
     )
 
 
-def test_linear_cross_entropy_under_autocast_matches_the_autocast_head():
+def test_weighted_linear_cross_entropy_under_autocast_matches_the_autocast_head():
     hidden, weight = make_inputs(torch.float32)
-    targets = torch.randint(0, VOCAB, (ROWS, LENGTH), generator=torch.Generator().manual_seed(3))
+    targets, row_weights = targets_and_weights(torch.float32, seed=3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = F.cross_entropy(F.linear(hidden, weight).float().flatten(0, 1), targets.flatten(), reduction="none")
-        nll, saved = saved_storages(lambda: linear_cross_entropy(hidden, weight, targets, chunk_size=4))
-    assert nll.dtype == torch.float32
-    # the caller's fp32 tensors are kept, not bf16 copies: only the ids and one fp32 number per row come on top
-    assert {hidden.untyped_storage().data_ptr(), weight.untyped_storage().data_ptr()} <= saved.keys()
-    assert sum(nbytes for nbytes, _ in saved.values()) == hidden.nbytes + weight.nbytes + targets.nbytes + nll.nbytes
-    torch.testing.assert_close(nll, expected.view_as(targets), rtol=2e-2, atol=2e-2)
-    got = torch.autograd.grad(nll.sum(), (hidden, weight))
-    want = torch.autograd.grad(expected.sum(), (hidden, weight))
+        expected = unfused_nll(hidden, weight, targets)
+        (loss, nll), saved = saved_storages(
+            lambda: weighted_linear_cross_entropy(hidden, weight, targets, row_weights, chunk_size=4)
+        )
+    assert nll.dtype == loss.dtype == torch.float32
+    # kept for backward: the fp32 gradients of hidden and of the weight, nothing else (no logits, no bf16 copies)
+    assert sorted(shape for _, shapes in saved.values() for shape in shapes) == sorted(
+        [(ROWS * LENGTH, HIDDEN), tuple(weight.shape)]
+    )
+    assert sum(nbytes for nbytes, _ in saved.values()) == hidden.nbytes + weight.nbytes
+    torch.testing.assert_close(nll, expected.detach(), rtol=2e-2, atol=2e-2)
+    got = torch.autograd.grad(loss, (hidden, weight))
+    want = torch.autograd.grad((expected * row_weights).sum(), (hidden, weight))
     for g, w in zip(got, want):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, w, rtol=5e-2, atol=5e-2)
 
 
+def test_weighted_linear_cross_entropy_without_grad_keeps_nothing():
+    hidden, weight = make_inputs(torch.float64)
+    targets, row_weights = targets_and_weights(torch.float64)
+    with torch.no_grad():
+        (loss, nll), saved = saved_storages(
+            lambda: weighted_linear_cross_entropy(hidden, weight, targets, row_weights, chunk_size=4)
+        )
+    assert saved == {} and not loss.requires_grad
+    expected = unfused_nll(hidden, weight, targets).detach()
+    torch.testing.assert_close(nll, expected, **TOLERANCE[torch.float64])
+    torch.testing.assert_close(loss, (expected * row_weights).sum(), **TOLERANCE[torch.float64])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
-def test_sampling_draws_the_unfused_tokens_and_log_probabilities(dtype, chunk_size):
+@pytest.mark.parametrize("clipped", [False, True], ids=["advantages", "clipped-advantages"])
+def test_sampling_draws_the_unfused_tokens_and_log_probabilities(dtype, chunk_size, clipped):
     hidden, weight = make_inputs(dtype)
     torch.manual_seed(123)
     logits = unfused_thought_logits(hidden, weight)
@@ -120,6 +158,9 @@ def test_sampling_draws_the_unfused_tokens_and_log_probabilities(dtype, chunk_si
     assert logprob.dtype == torch.promote_types(dtype, torch.float32)
     torch.testing.assert_close(logprob, expected_logprob, **TOLERANCE[dtype])
     advantages = torch.randn(ROWS, LENGTH, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    if clipped:  # about half the rows get an exactly zero gradient, which backward skips
+        advantages = advantages.clamp(min=0)
+        assert 0 < int((advantages == 0).sum()) < advantages.numel()
     got = grads(logprob, advantages, (hidden, weight))
     want = grads(expected_logprob, advantages, (hidden, weight))
     for g, w in zip(got, want):
@@ -203,12 +244,15 @@ def test_without_a_log_probability_nothing_is_recorded_for_backward():
 def test_invalid_arguments_are_one_line_errors():
     hidden, weight = make_inputs(torch.float32)
     targets = torch.zeros(ROWS, LENGTH, dtype=torch.long)
+    row_weights = torch.ones(ROWS, LENGTH)
     with pytest.raises(ValueError, match="chunk_size"):
-        linear_cross_entropy(hidden, weight, targets, chunk_size=0)
+        weighted_linear_cross_entropy(hidden, weight, targets, row_weights, chunk_size=0)
     with pytest.raises(ValueError, match="leading shape"):
-        linear_cross_entropy(hidden, weight, targets[:, 1:])
+        weighted_linear_cross_entropy(hidden, weight, targets[:, 1:], row_weights[:, 1:])
+    with pytest.raises(ValueError, match="leading shape"):
+        weighted_linear_cross_entropy(hidden, weight, targets, row_weights[:, 1:])
     with pytest.raises(ValueError, match="hidden size"):
-        linear_cross_entropy(hidden, weight[:, 1:], targets)
+        weighted_linear_cross_entropy(hidden, weight[:, 1:], targets, row_weights)
     with pytest.raises(ValueError, match="uniform"):
         sample_thought_tokens(
             hidden, weight, banned_ids=META_IDS, sample_temperature=1.0, logprob_temperature=1.0,
@@ -249,19 +293,20 @@ def test_chunked_functions_save_no_vocabulary_sized_tensor_per_row():
         return nll, unfused_logprob(masked, tokens, 2.0)
 
     def chunked():
-        nll = linear_cross_entropy(hidden, weight, targets, chunk_size=64)
+        loss, _ = weighted_linear_cross_entropy(hidden, weight, targets, torch.ones(rows), chunk_size=64)
         _, logprob = sample_thought_tokens(
             hidden, weight, banned_ids=banned, sample_temperature=1.0, logprob_temperature=2.0, chunk_size=64
         )
-        return nll, logprob
+        return loss, logprob
 
     _, unfused_saved = saved_storages(unfused)
     (nll, logprob), chunked_saved = saved_storages(chunked)
     vocab_sized = rows * vocab * 4
     assert max(nbytes for nbytes, _ in unfused_saved.values()) >= vocab_sized  # the unfused path does keep one
     assert all(nbytes < vocab_sized for nbytes, _ in chunked_saved.values()), chunked_saved
-    # hidden and weight are saved by reference (once each), plus the ids and one log-sum-exp per row
+    # the cross-entropy keeps the gradients of hidden and weight; sampling keeps hidden and weight by reference,
+    # the ids, one log-sum-exp per row and the banned ids
     chunked_bytes = sum(nbytes for nbytes, _ in chunked_saved.values())
-    assert chunked_bytes <= hidden.nbytes + weight.nbytes + 2 * rows * (8 + 4) + 16
+    assert chunked_bytes <= 2 * (hidden.nbytes + weight.nbytes) + rows * (8 + 4) + 16
     assert chunked_bytes < sum(nbytes for nbytes, _ in unfused_saved.values()) / 4
-    torch.autograd.grad((nll + logprob).sum(), (hidden, weight))  # and backward runs from what was saved
+    torch.autograd.grad(nll + logprob.sum(), (hidden, weight))  # and backward runs from what was saved

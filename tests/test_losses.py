@@ -79,10 +79,8 @@ def test_loss_parts_match_a_hand_computation_over_complete_windows(rows, length,
     labels = torch.full((n_rows, length), IGNORE_INDEX)
     for r, row in enumerate(rows):
         labels[r, : len(row)] = torch.tensor(row)
-    scores = look_ahead_scores(base_hidden, talk_hidden, labels, lm_head)
-    losses = quietstar_loss(
-        scores, thought_logprobs, n_thoughts=2, base_loss_weight=0.3, policy_loss_weight=10.0, clip_negative_rewards=True
-    )
+    scores = look_ahead_scores(base_hidden, talk_hidden, labels, lm_head, base_loss_weight=0.3)
+    losses = quietstar_loss(scores, thought_logprobs, n_thoughts=2, policy_loss_weight=10.0, clip_negative_rewards=True)
     expected = hand_losses(
         base_hidden @ lm_head.T, [h @ lm_head.T for h in talk_hidden], thought_logprobs, rows, 2, 0.3, 10.0
     )
@@ -106,8 +104,8 @@ def test_padding_positions_get_no_reward_even_before_real_tokens():
     hidden = [torch.randn(2, 6, 4, generator=generator) for _ in range(3)]
     labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3, 4, 0]] * 2)
     attention_mask = torch.tensor([[0, 1, 1, 1, 1, 1]] * 2)
-    without_mask = look_ahead_scores(hidden[0], hidden[1:], labels, lm_head)
-    with_mask = look_ahead_scores(hidden[0], hidden[1:], labels, lm_head, attention_mask)
+    without_mask = look_ahead_scores(hidden[0], hidden[1:], labels, lm_head, base_loss_weight=0.5)
+    with_mask = look_ahead_scores(hidden[0], hidden[1:], labels, lm_head, attention_mask, base_loss_weight=0.5)
     assert without_mask.rewarded[:, 0].all() and not with_mask.rewarded[:, 0].any()
     assert torch.equal(with_mask.rewarded[:, 1:], without_mask.rewarded[:, 1:])
     assert (with_mask.rewards[:, 0] == 0).all()
@@ -153,11 +151,13 @@ def test_training_loss_is_the_weighted_sum_of_its_parts():
     torch.testing.assert_close(output.loss.detach(), expected)
 
 
-def unfused_linear_cross_entropy(hidden, weight, targets, *, ignore_index, chunk_size):
+def unfused_weighted_linear_cross_entropy(hidden, weight, targets, row_weights, *, ignore_index, chunk_size):
     """The plain computation: full (rows, V) logits, then cross-entropy (what autograd would keep is all of it)."""
     logits = F.linear(hidden, weight)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=ignore_index, reduction="none").view_as(targets)
+    nll = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=ignore_index, reduction="none")
+    nll = nll.view_as(targets)
+    return (nll * row_weights).sum(), nll.detach()
 
 
 def unfused_sample_thought_tokens(hidden, weight, *, banned_ids, sample_temperature, logprob_temperature, given_tokens, chunk_size):
@@ -194,7 +194,7 @@ def test_chunked_lm_head_paths_match_the_unfused_computation(monkeypatch, dtype,
         return parts, {name: p.grad for name, p in model.named_parameters()}
 
     chunked_parts, chunked_grads = run()
-    monkeypatch.setattr(losses_module, "linear_cross_entropy", unfused_linear_cross_entropy)
+    monkeypatch.setattr(losses_module, "weighted_linear_cross_entropy", unfused_weighted_linear_cross_entropy)
     monkeypatch.setattr(modeling_module, "sample_thought_tokens", unfused_sample_thought_tokens)
     unfused_parts, unfused_grads = run()
     assert chunked_parts["policy_loss"] != 0
