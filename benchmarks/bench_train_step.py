@@ -5,7 +5,7 @@ tensor that autograd saves for backward is recorded through `torch.autograd.grap
 graph still holds when the forward returns are counted, each storage once (by its data pointer); the storages of
 parameters and buffers are left out, since they are there without any forward. Added to that are the tensors held by the thought K/V store of the forward (every tensor
 reachable from the store object, found by hooking the model's forward kwargs), again once per storage; the table
-gives autograd's bytes, the store's, the bytes both hold, the checkpointed layers' inputs (below), and the union. "vocab-sized" is the part of autograd's
+gives autograd's bytes, the store's, the bytes both hold, the checkpointed layers' other inputs (below), and the union. "vocab-sized" is the part of autograd's
 bytes in storages saved as (..., V) with at least one row per text token (full-vocabulary logits or softmaxes).
 "P x plain step" is P times the bytes that one plain causal step (thinking off) of the same model on the same
 B * N rows saves: what running the P passes as plain steps would keep, the floor for any implementation that keeps
@@ -24,9 +24,11 @@ parallel-thought step over running its P passes as plain passes.
 On CUDA the rows also give torch.cuda.max_memory_allocated above the memory in use before the step, for a full
 forward + backward. Activation checkpointing is off unless asked for. With `--activation-checkpointing` (the
 training default) each decoder layer is recomputed in backward: autograd saves nothing inside a layer during the
-forward, and what the layer keeps instead is its inputs (hidden states, RoPE tables, mask), found by hooking the
-checkpointed layers' forward arguments and added to the union as "layer inputs"; the per-node breakdown is skipped
-then, since reading a checkpointed node's saved tensors would recompute its layer.
+forward, and what the layer keeps instead is its inputs. torch's checkpoint saves the positional ones (the hidden
+states) as saved tensors, so the hooks count them; the keyword ones (RoPE tables, masks) stay in the recompute
+closure, so they are found by hooking the checkpointed layers' forward arguments and added to the union as "layer
+inputs" (those not already counted). The per-node breakdown is skipped then, since reading a checkpointed node's
+saved tensors would recompute its layer.
 
 Presets: `tiny` (hidden 64, 2 layers, for smoke runs), `mistral-shaped` (Mistral's head layout at hidden 512,
 4 layers, 8 query / 2 key-value heads: the memory study on CPU), `mistral-7b` (Mistral 7B v0.1 widths, 32 layers;
