@@ -280,7 +280,7 @@ def measure_memory(model, tokens: torch.LongTensor, args, device: torch.device, 
     store -= parameter_storages
     inputs = {storage_key(t) for t in layer_inputs if t.untyped_storage().nbytes()} - parameter_storages
     inputs -= store | saved.keys()
-    del layer_inputs
+    del layer_inputs  # the checkpoint's own references free them in backward; this list must not outlive it
     by_node = {} if args.activation_checkpointing else saved_bytes_by_node(loss, set(saved))
     cuda_peak = None
     if device.type == "cuda":
@@ -292,13 +292,14 @@ def measure_memory(model, tokens: torch.LongTensor, args, device: torch.device, 
     autograd_bytes = sum(nbytes for _, nbytes in saved)
     store_bytes = sum(nbytes for _, nbytes in store)
     shared_bytes = sum(nbytes for _, nbytes in store & saved.keys())
+    layer_input_bytes = sum(nbytes for _, nbytes in inputs)
     return {
         "autograd_saved_bytes": autograd_bytes,
         "vocab_sized_bytes": sum(nbytes for (_, nbytes), vocab_sized in saved.items() if vocab_sized),
         "kv_store_bytes": store_bytes,
         "shared_bytes": shared_bytes,
-        "layer_input_bytes": sum(nbytes for _, nbytes in inputs),
-        "union_bytes": autograd_bytes + store_bytes - shared_bytes + sum(nbytes for _, nbytes in inputs),
+        "layer_input_bytes": layer_input_bytes,
+        "union_bytes": autograd_bytes + store_bytes - shared_bytes + layer_input_bytes,
         "autograd_saved_storages": len(saved),
         "kv_store_storages": len(store),
         "cuda_peak_bytes": cuda_peak,

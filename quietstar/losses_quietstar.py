@@ -124,7 +124,8 @@ def look_ahead_scores(
             gradient is computed in this call and no (rows, V) tensor is kept for backward.
     """
     n_ahead = len(talk_hidden)
-    targets = [shift_left(labels, 1, IGNORE_INDEX)] + [shift_left(labels, j, IGNORE_INDEX) for j in range(1, n_ahead + 1)]
+    talk_targets = [shift_left(labels, j, IGNORE_INDEX) for j in range(1, n_ahead + 1)]
+    targets = [talk_targets[0], *talk_targets]  # the base pass predicts x[i + 1], as the first look-ahead does
     scored = [target != IGNORE_INDEX for target in targets]
     pass_weights = [base_loss_weight] + [(1 - base_loss_weight) / n_ahead] * n_ahead
     dtype = torch.promote_types(base_hidden.dtype, torch.float32)
