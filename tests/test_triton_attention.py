@@ -40,7 +40,7 @@ in_process = pytest.mark.skipif(
 )
 
 DEVICE = "cuda" if CUDA else "cpu"
-N_CPU_TESTS = 30  # tests of this file that run on CPU (in the interpreter subprocess)
+N_CPU_TESTS = 32  # tests of this file that run on CPU (in the interpreter subprocess)
 # (atol, rtol) against the fp64 oracle evaluated on the same (rounded) inputs
 TOLERANCES = {torch.float32: (2e-5, 1e-4), torch.float16: (1e-2, 1e-2), torch.bfloat16: (6e-2, 5e-2)}
 
@@ -351,23 +351,15 @@ def relative_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.double() - expected.double()).pow(2).mean().sqrt() / expected.double().pow(2).mean().sqrt()).item()
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-@pytest.mark.parametrize(
-    ("batch", "length", "passes", "padding"),
-    [(2, 256, 1, "right"), (1, 1024, 8, None), (1, 2048, 16, "both"), (1, 4096, 4, None), (1, 4096, 16, None)],
-)
-@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic-dq", "deterministic"])
-def test_cuda_bf16_mistral_shapes(batch, length, passes, padding, deterministic):
-    """bf16 at Mistral 7B's head layout (32 query heads, 8 KV heads, d = 128) against an fp32 reference.
+def assert_as_accurate_as_torch(inputs, mask, scaling, deterministic: bool, seed: int = 0) -> None:
+    """The kernel's output and every gradient against an fp32 reference, next to the `torch` implementation run in
+    the inputs' dtype (bf16 or fp16), with the dQ path chosen by `deterministic`.
 
-    Criterion as in FlashAttention's tests: the kernel's error is at most 3x that of the `torch` implementation
-    run in bf16 (plus a small floor), and its relative RMS error is below 1e-2.
+    Criterion as in FlashAttention's tests: the kernel's max error is at most 3x that of the `torch` implementation
+    in the same dtype (plus a 1e-3 floor), and its relative RMS error is below 1e-2.
     """
-    inputs = random_inputs(batch, 32, 8, length, passes, 128, torch.bfloat16, seed=length + passes)
-    mask = padding_mask(batch, length, padding)
-    scaling = 128**-0.5
-    grad_out = torch.randn(batch, 32, length, 128, device=DEVICE, dtype=torch.bfloat16)
+    passes = len(inputs[3])
+    grad_out = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(seed)).to(inputs[0])
     names = ["out", *grad_names(passes)]
 
     exact = [t.detach().float().requires_grad_() for t in flat(inputs)]
@@ -388,10 +380,55 @@ def test_cuda_bf16_mistral_shapes(batch, length, passes, padding, deterministic)
         torch.use_deterministic_algorithms(previous)
 
     for name, t, lo, r in zip(names, tri, low, ref):
+        assert t.dtype == inputs[0].dtype and t.shape == r.shape, name
         tri_err = (t.float() - r).abs().max().item()
         low_err = (lo.float() - r).abs().max().item()
-        assert tri_err <= 3 * low_err + 1e-3, f"{name}: triton error {tri_err:.3g}, torch bf16 error {low_err:.3g}"
-        assert relative_rms(t, r) < 1e-2, name
+        assert tri_err <= 3 * low_err + 1e-3, f"{name}: triton error {tri_err:.3g}, torch low-precision error {low_err:.3g}"
+        assert relative_rms(t, r) < 1e-2, f"{name}: relative RMS error {relative_rms(t, r):.3g}"
+
+
+@in_process
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic-dq", "deterministic"])
+def test_low_precision_criterion_in_interpreter(deterministic):
+    """The criterion of the CUDA sweep below, at a tiny bf16 shape (GQA, odd L, padding, d = 64) that the
+    interpreter runs on CPU."""
+    inputs = random_inputs(2, 4, 2, 19, 3, 64, torch.bfloat16, seed=19)
+    assert_as_accurate_as_torch(inputs, padding_mask(2, 19, "both"), 64**-0.5, deterministic)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize(
+    ("batch", "length", "passes", "padding"),
+    [(2, 256, 1, "right"), (1, 1024, 8, None), (1, 2048, 16, "both"), (1, 4096, 4, None), (1, 4096, 16, None)],
+)
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic-dq", "deterministic"])
+def test_cuda_bf16_mistral_shapes(batch, length, passes, padding, deterministic):
+    """bf16 at Mistral 7B's head layout (32 query heads, 8 KV heads, d = 128) against an fp32 reference."""
+    inputs = random_inputs(batch, 32, 8, length, passes, 128, torch.bfloat16, seed=length + passes)
+    assert_as_accurate_as_torch(inputs, padding_mask(batch, length, padding), 128**-0.5, deterministic)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize(
+    ("batch", "heads", "kv_heads", "length", "passes", "padding"),
+    [
+        pytest.param(2, 8, 2, 333, 16, "both", id="B2-GQA4-L333-p16-leftrightpad"),
+        pytest.param(1, 32, 8, 1027, 5, "right", id="B1-GQA4-L1027-p5-rightpad"),
+        pytest.param(3, 6, 6, 77, 1, "both", id="B3-noGQA-L77-p1-leftrightpad"),
+    ],
+)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic-dq", "deterministic"])
+def test_cuda_kernel_sweep_against_torch(batch, heads, kv_heads, length, passes, padding, head_dim, dtype,
+                                         deterministic):
+    """Forward and backward over both low-precision dtypes, d = 64 and 128, GQA and not, p up to 16, odd L and
+    padding on both sides, through both dQ paths (fp32 atomics in the dK/dV kernel, or the separate dQ kernel)."""
+    inputs = random_inputs(batch, heads, kv_heads, length, passes, head_dim, dtype, seed=length + head_dim)
+    assert_as_accurate_as_torch(inputs, padding_mask(batch, length, padding), head_dim**-0.5, deterministic,
+                                seed=passes)
 
 
 @pytest.mark.cuda
@@ -412,16 +449,25 @@ def test_cuda_dtypes_and_head_dims_match_dense(dtype, head_dim):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-def test_cuda_deterministic_backward_is_bitwise_reproducible():
-    inputs = random_inputs(1, 32, 8, 1024, 4, 128, torch.bfloat16, seed=1)
+@pytest.mark.parametrize(
+    ("batch", "heads", "kv_heads", "length", "passes", "head_dim", "dtype", "padding"),
+    [
+        pytest.param(1, 32, 8, 1024, 4, 128, torch.bfloat16, None, id="bf16-mistral-L1024-p4"),
+        pytest.param(2, 8, 2, 333, 16, 64, torch.float16, "both", id="fp16-d64-GQA4-L333-p16-pad"),
+    ],
+)
+def test_cuda_deterministic_backward_is_bitwise_reproducible(batch, heads, kv_heads, length, passes, head_dim, dtype,
+                                                             padding):
+    inputs = random_inputs(batch, heads, kv_heads, length, passes, head_dim, dtype, seed=1)
+    mask = padding_mask(batch, length, padding)
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         runs = []
         for _ in range(2):
-            out = kernels.thought_attention(*inputs, None, 128**-0.5)
-            runs.append(torch.autograd.grad(out, flat(inputs), torch.ones_like(out)))
+            out = kernels.thought_attention(*inputs, mask, head_dim**-0.5)
+            runs.append([out, *torch.autograd.grad(out, flat(inputs), torch.ones_like(out))])
     finally:
         torch.use_deterministic_algorithms(previous)
-    for name, first, second in zip(grad_names(4), *runs):
+    for name, first, second in zip(["out", *grad_names(passes)], *runs):
         assert torch.equal(first, second), name
