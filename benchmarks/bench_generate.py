@@ -6,12 +6,13 @@ model calls per generated token are reported next to the timings to show that th
 
 The model is random-initialised at a preset shape, with Mistral's vocabulary of 32000 + 2 meta tokens: `tiny`
 (hidden 64, 2 layers; the default on CPU) or `mistral-7b` (Mistral 7B v0.1's widths, 32 layers; the default on
-CUDA, in bf16). The console shows a table; a JSON report (tagged with the device name and library versions), the
-table as markdown and a PNG plot go to benchmark_runs/ (not tracked by git). Pass `--out-dir benchmarks/results` to
-write the committed results.
+CUDA, in bf16); `--layers` overrides the depth. The weights are initialised on the target device. The console shows
+a table; a JSON report (tagged with the device name and library versions), the table as markdown and a PNG plot go
+to benchmark_runs/ (not tracked by git). Pass `--out-dir benchmarks/results` to write the committed results.
 
     python benchmarks/bench_generate.py                                   # tiny model on CPU, about a minute
     python benchmarks/bench_generate.py --preset mistral-7b --device cuda --dtype bf16
+    python benchmarks/bench_generate.py --preset mistral-7b --layers 4 --device cuda   # a few layers, seconds
     python benchmarks/bench_generate.py --out-dir benchmarks/results      # refresh the committed CPU results
 """
 
@@ -51,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--preset", choices=list(PRESETS), help="model shape (default: tiny on CPU, mistral-7b on CUDA)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp32 on CPU, bf16 on CUDA")
+    parser.add_argument("--layers", type=int, help="decoder layers (default: the preset's)")
     parser.add_argument("--thought-lengths", type=int, nargs="+", default=[3, 6, 11], help="n_thought_tokens values")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--prompt-length", type=int, default=64)
@@ -66,9 +68,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.dtype = args.dtype or ("bf16" if on_gpu else "fp32")
     if min(args.thought_lengths) < 3:
         parser.error("--thought-lengths must be >= 3 (start, at least one thought token, end)")
-    if min(args.batch_size, args.prompt_length, args.new_tokens, args.repeats) < 1:
-        parser.error("--batch-size, --prompt-length, --new-tokens and --repeats must be >= 1")
+    if min(args.batch_size, args.prompt_length, args.new_tokens, args.repeats, args.layers or 1) < 1:
+        parser.error("--batch-size, --prompt-length, --new-tokens, --repeats and --layers must be >= 1")
     return args
+
+
+def model_shape(args) -> dict:
+    """The preset's widths, with `--layers` decoder layers when given."""
+    return dict(PRESETS[args.preset], **({"num_hidden_layers": args.layers} if args.layers else {}))
 
 
 def time_generate(model, input_ids, args, device, thinking: bool) -> dict:
@@ -162,10 +169,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    config = QuietStarConfig(
-        **PRESETS[args.preset], vocab_size=VOCAB, start_thought_token_id=VOCAB - 2, end_thought_token_id=VOCAB - 1
-    )
-    model = QuietStarForCausalLM(config).to(device=device, dtype=DTYPES[args.dtype]).eval()
+    shape = model_shape(args)
+    config = QuietStarConfig(**shape, vocab_size=VOCAB, start_thought_token_id=VOCAB - 2, end_thought_token_id=VOCAB - 1)
+    with device:  # initialised where it runs: a 7B-wide model initialised on the CPU first takes minutes
+        model = QuietStarForCausalLM(config)
+    model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
     model.mixing_head.output.weight.normal_(0, 0.02)  # non-zero, as after training (cost does not depend on it)
     model.generation_config.suppress_tokens = [VOCAB - 2, VOCAB - 1]
     input_ids = torch.randint(0, VOCAB - 2, (args.batch_size, args.prompt_length), device=device)
@@ -184,7 +192,7 @@ def main(argv=None) -> dict:
         "load_average_1min": os.getloadavg()[0],  # other work on the host slows CPU timings down
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "quietstar": quietstar.__version__},
         "preset": args.preset,
-        "model": {**PRESETS[args.preset], "vocab_size": VOCAB, "parameters": sum(p.numel() for p in model.parameters())},
+        "model": {**shape, "vocab_size": VOCAB, "parameters": sum(p.numel() for p in model.parameters())},
         "settings": {
             "dtype": args.dtype,
             "batch_size": args.batch_size,

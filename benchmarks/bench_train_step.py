@@ -22,13 +22,14 @@ the same B * N rows (each sequence repeated N times); the ratio (median over rou
 parallel-thought step over running its P passes as plain passes.
 
 On CUDA the rows also give torch.cuda.max_memory_allocated above the memory in use before the step, for a full
-forward + backward. Activation checkpointing is off unless asked for. With `--activation-checkpointing` (the
-training default) each decoder layer is recomputed in backward: autograd saves nothing inside a layer during the
-forward, and what the layer keeps instead is its inputs. torch's checkpoint saves the positional ones (the hidden
-states) as saved tensors, so the hooks count them; the keyword ones (RoPE tables, masks) stay in the recompute
-closure, so they are found by hooking the checkpointed layers' forward arguments and added to the union as "layer
-inputs" (those not already counted). The per-node breakdown is skipped then, since reading a checkpointed node's
-saved tensors would recompute its layer.
+forward + backward ("CUDA peak"), and torch.cuda.max_memory_allocated itself (weights and gradients included).
+Activation checkpointing is off unless asked for. With `--activation-checkpointing` (the training default) each
+decoder layer is recomputed in backward: autograd saves nothing inside a layer during the forward, and what the
+layer keeps instead is its inputs. torch's checkpoint saves the positional ones (the hidden states) as saved
+tensors, so the hooks count them; the keyword ones (RoPE tables, masks) stay in the recompute closure, so they are
+found by hooking the checkpointed layers' forward arguments and added to the union as "layer inputs" (those not
+already counted). The per-node breakdown is skipped then, since reading a checkpointed node's saved tensors would
+recompute its layer.
 
 Presets: `tiny` (hidden 64, 2 layers, for smoke runs), `mistral-shaped` (Mistral's head layout at hidden 512,
 4 layers, 8 query / 2 key-value heads: the memory study on CPU), `mistral-7b` (Mistral 7B v0.1 widths, 32 layers;
@@ -158,7 +159,9 @@ def build_model(args, thought_length: int, max_length: int, device: torch.device
         attention_impl=attention_impl(args, device),
     )
     torch.manual_seed(0)
-    model = QuietStarForCausalLM(config).to(device)
+    with device:  # initialised where it runs: Mistral 7B's widths initialised on the CPU first take much longer
+        model = QuietStarForCausalLM(config)
+    model = model.to(device)
     with torch.no_grad():  # a non-zero mixing head, so rewards and the REINFORCE term carry gradients
         model.mixing_head.output.weight.normal_(std=1e-3)
     if args.activation_checkpointing:
@@ -282,11 +285,12 @@ def measure_memory(model, tokens: torch.LongTensor, args, device: torch.device, 
     inputs -= store | saved.keys()
     del layer_inputs  # the checkpoint's own references free them in backward; this list must not outlive it
     by_node = {} if args.activation_checkpointing else saved_bytes_by_node(loss, set(saved))
-    cuda_peak = None
+    cuda_peak = cuda_max_allocated = None
     if device.type == "cuda":
         loss.backward()
         torch.cuda.synchronize(device)
-        cuda_peak = torch.cuda.max_memory_allocated(device) - in_use
+        cuda_max_allocated = torch.cuda.max_memory_allocated(device)
+        cuda_peak = cuda_max_allocated - in_use
         model.zero_grad(set_to_none=True)
     del loss
     autograd_bytes = sum(nbytes for _, nbytes in saved)
@@ -303,6 +307,7 @@ def measure_memory(model, tokens: torch.LongTensor, args, device: torch.device, 
         "autograd_saved_storages": len(saved),
         "kv_store_storages": len(store),
         "cuda_peak_bytes": cuda_peak,
+        "cuda_max_allocated_bytes": cuda_max_allocated,
         "autograd_saved_bytes_by_node": by_node,
     }
 
