@@ -210,6 +210,12 @@ class ThoughtAttentionMixin:
             return super().forward(hidden_states, position_embeddings, attention_mask, past_key_values, **kwargs)
         input_shape = hidden_states.shape[:-1]
         query, key, value = self.project_qkv(hidden_states, position_embeddings)
+        if torch.is_autocast_enabled(query.device.type):
+            # RoPE's fp32 tables promote query and key to fp32 while value leaves its projection in the autocast
+            # dtype: cast all three to the autocast dtype once, as SDPA does under autocast, so the fused kernel gets
+            # one dtype and the store keeps each pass's K/V in it
+            dtype = torch.get_autocast_dtype(query.device.type)
+            query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
         thought_kv.put(self.layer_idx, thought_pass, key, value)
         if thought_pass == 0:
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(

@@ -40,7 +40,7 @@ in_process = pytest.mark.skipif(
 )
 
 DEVICE = "cuda" if CUDA else "cpu"
-N_CPU_TESTS = 32  # tests of this file that run on CPU (in the interpreter subprocess)
+N_CPU_TESTS = 33  # tests of this file that run on CPU (in the interpreter subprocess)
 # (atol, rtol) against the fp64 oracle evaluated on the same (rounded) inputs
 TOLERANCES = {torch.float32: (2e-5, 1e-4), torch.float16: (1e-2, 1e-2), torch.bfloat16: (6e-2, 5e-2)}
 
@@ -325,6 +325,29 @@ def test_model_forward_and_backward_with_triton_match_torch(family):
         torch.testing.assert_close(
             results["triton"][1][name], grad, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}"
         )
+
+
+@in_process
+def test_model_under_autocast_runs_the_kernel_in_the_autocast_dtype():
+    """Under bf16 autocast RoPE's fp32 tables leave q and k in fp32 while v is bf16; the thought passes cast all
+    three to bf16 (as SDPA does), so the kernel gets one dtype, and the step matches the torch implementation."""
+    generator = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(0, TINY_VOCAB - 2, (2, 8), generator=generator)
+    attention_mask = torch.ones(2, 8, dtype=torch.long)
+    attention_mask[0, -2:] = 0
+    thought_ids = torch.randint(0, TINY_VOCAB - 2, (2, 8, 1), generator=generator)
+    results = {}
+    for impl in ("torch", "triton"):
+        model = tiny_model(seed=2, attention_impl=impl, n_thought_tokens=3, n_ahead_talk=2, n_thoughts=1,
+                           policy_loss_weight=1.0).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = model(input_ids, attention_mask=attention_mask, thought_ids=thought_ids)
+        output.loss.backward()
+        results[impl] = (output.loss.detach().float(), {n: p.grad for n, p in model.named_parameters()})
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=2e-2, rtol=2e-2)
+    for name, grad in results["torch"][1].items():
+        assert grad is not None and grad.abs().sum() > 0, f"{name} gets no gradient"
+        assert relative_rms(results["triton"][1][name], grad) < 5e-2, name
 
 
 @pytest.mark.skipif(RUNNABLE_HERE, reason="the kernel tests run in this process")
