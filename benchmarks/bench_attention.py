@@ -31,7 +31,8 @@ Per training step: a step runs the passes p = 1..P one after another, so the agg
 over p = 1..P, interpolating linearly in p between the measured p (exact when --passes lists 1..P).
 
 Output: a markdown table on the console, and attention_<device>.{json,md} (+ .png when matplotlib is importable)
-in --out-dir (default benchmark_runs/, ignored by git; `--out-dir benchmarks/results` for the committed copy).
+in --out-dir (default benchmark_runs/, ignored by git; `--out-dir benchmarks/results` for the committed copy). The
+JSON is rewritten after every measured row, with "complete": false until the sweep has ended.
 
     python benchmarks/bench_attention.py --preset mistral-7b          # full sweep on a GPU
     python benchmarks/bench_attention.py                              # tiny CPU run (the default without CUDA)
@@ -476,29 +477,28 @@ def main(argv=None) -> dict:
     active = [p for p in args.providers if p not in skipped]
 
     bandwidth = copy_bandwidth(device, cuda)
+    meta = dict(
+        device=device_name, torch=torch.__version__, triton=triton.__version__, flash_attn=_version("flash_attn"),
+        fa3=importlib.util.find_spec("flash_attn_interface") is not None,
+        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        preset=args.preset, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, dtype=args.dtype,
+        batches=args.batches, lengths=args.lengths, passes=args.passes, max_passes=args.max_passes,
+        copy_bandwidth_GBps=bandwidth / 1e9, assumptions=ASSUMPTIONS,
+    )
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.out_dir / f"attention_{device_slug(device)}"
     results = []
     for batch in args.batches:
         for length in args.lengths:
             for provider in active:
                 for passes in [args.passes[0]] if provider in CAUSAL_PEERS else args.passes:
                     results.append(measure(provider, args, batch, length, passes, device, cuda))
+                    # rewritten after every row, so that a run stopped early keeps what it measured
+                    partial = dict(meta=meta, skipped=skipped, results=results, roofline=[], step=[], complete=False)
+                    stem.with_suffix(".json").write_text(json.dumps(partial, indent=1) + "\n")
     rooflines = add_roofline(results, args, bandwidth)
-    report = dict(
-        meta=dict(
-            device=device_name, torch=torch.__version__, triton=triton.__version__, flash_attn=_version("flash_attn"),
-            fa3=importlib.util.find_spec("flash_attn_interface") is not None,
-            timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            preset=args.preset, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, dtype=args.dtype,
-            batches=args.batches, lengths=args.lengths, passes=args.passes, max_passes=args.max_passes,
-            copy_bandwidth_GBps=bandwidth / 1e9, assumptions=ASSUMPTIONS,
-        ),
-        skipped=skipped,
-        results=results,
-        roofline=rooflines,
-        step=step_aggregate(results, rooflines, args),
-    )
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"attention_{device_slug(device)}"
+    report = dict(meta=meta, skipped=skipped, results=results, roofline=rooflines,
+                  step=step_aggregate(results, rooflines, args), complete=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     table = markdown_report(report)
     stem.with_suffix(".md").write_text(table)

@@ -19,7 +19,7 @@ def test_tiny_cpu_run_writes_json_and_markdown(bench, tmp_path, capsys):
     report = bench.main(["--preset", "tiny", "--device", "cpu", "--lengths", "16", "24", "--passes", "1", "3",
                          "--batches", "1", "2", "--out-dir", str(tmp_path)])
     saved = json.loads((tmp_path / "attention_cpu.json").read_text())
-    assert saved["results"] == report["results"]
+    assert saved["results"] == report["results"] and saved["complete"] is True  # rewritten whole at the end
     meta = saved["meta"]
     assert meta["device"] == "cpu" and meta["preset"] == "tiny" and meta["batches"] == [1, 2]
     assert meta["torch"] == torch.__version__ and meta["triton"] and "Roofline" in meta["assumptions"]

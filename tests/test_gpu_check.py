@@ -223,6 +223,7 @@ def attention_json(device: str) -> dict:
         ],
         "roofline": [dict(B=1, L=1024, p=4, fwd_ms=0.062, bwd_ms=0.292)],
         "step": [],
+        "complete": True,
     }
 
 
@@ -246,6 +247,12 @@ def test_attention_results_against_the_committed_predictions(check, tmp_path):
     (other / "attention_a100.json").write_text(json.dumps(attention_json("NVIDIA A100-SXM4-80GB")))
     unpredicted = check.attention_results(other, kernel_report)
     assert unpredicted["predictions_for"] is None and "fwd_vs_predicted" not in unpredicted["rows"][0]
+    assert results["complete"] and "Stopped before" not in "\n".join(check._attention_section(results))
+    partial = dict(attention_json("NVIDIA H100 80GB HBM3"), roofline=[], complete=False)
+    (other / "attention_a100.json").write_text(json.dumps(partial))
+    stopped = check.attention_results(other, kernel_report)
+    assert not stopped["complete"] and stopped["rooflines"] == [] and len(stopped["rows"]) == 3
+    assert check._attention_section(stopped)[0].startswith("Stopped before the sweep ended")
 
 
 def test_training_results_fail_the_stage_on_a_non_finite_loss(check, tmp_path):
