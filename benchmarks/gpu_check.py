@@ -181,7 +181,8 @@ def default_stages(python: Path, run_dir: Path, limits: dict, given_python: bool
         Stage("device", "torch sees the CUDA device", [py, here, "probe", "device"], limits["device"],
               needs=("environment",), collect=lambda d, log: last_json_line(log)),
         Stage("cuda_tests", "the suite's CUDA tests (pytest -m cuda) but the kernel sweep",
-              [*pytest, "-k", f"not {SWEEP_TEST}", "--junitxml", str(out["cuda_tests"] / "junit.xml"), "tests"],
+              [*pytest, "-k", f"not {SWEEP_TEST}", "--junitxml", str(out["cuda_tests"] / "junit.xml"),
+               *cuda_test_files()],
               limits["cuda_tests"], needs=("device",), collect=pytest_results),
         Stage("kernel_sweep", "Triton thought attention vs the torch implementation: bf16/fp16, d 64/128, GQA, "
               "p <= 16, odd L, padding, both dQ paths",
@@ -219,6 +220,12 @@ def default_stages(python: Path, run_dir: Path, limits: dict, given_python: bool
               limits["fsdp_nccl"], needs=("device",), collect=lambda d, log: training_results(d / "train")),
     ]
     return stages
+
+
+def cuda_test_files() -> list[str]:
+    """The suite's test modules that mark tests `cuda` (collecting only those saves importing the others)."""
+    return sorted(str(path.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "tests").glob("test_*.py")
+                  if "pytest.mark.cuda" in path.read_text())
 
 
 # ------------------------------------------------------------------------------------------------ running

@@ -125,6 +125,8 @@ def test_stage_commands_are_accepted_by_the_scripts_they_run(check, tmp_path, mo
     config, overwrite = train.parse_args(torchrun[torchrun.index("train.py") + 1:])
     assert config.train.device == "cuda" and config.train.param_dtype == "bfloat16" and not overwrite
     assert config.model.quietstar["attention_impl"] == "triton" and config.train.activation_checkpointing
+    assert check.cuda_test_files() == ["tests/test_triton_attention.py"]
+    assert stages["cuda_tests"].command[-1] == "tests/test_triton_attention.py"
     sweep = stages["kernel_sweep"].command
     assert sweep[sweep.index("-k") + 1] == "test_cuda_kernel_sweep_against_torch"
     assert "def test_cuda_kernel_sweep_against_torch(" in (REPO / sweep[-1]).read_text()
