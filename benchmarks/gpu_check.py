@@ -87,7 +87,12 @@ PIP_TIMEOUT_S = 12.0  # for the flash-attn install attempt, inside the flash_att
 
 
 class CheckFailed(Exception):
-    """A stage ran to its end but what it produced shows a failure (e.g. a non-finite loss)."""
+    """A stage ran to its end but what it produced shows a failure (e.g. a non-finite loss); `results` (if any) still
+    go into the report."""
+
+    def __init__(self, message: str, results: dict | None = None):
+        super().__init__(message)
+        self.results = results
 
 
 @dataclass
@@ -183,12 +188,12 @@ def default_stages(python: Path, run_dir: Path, limits: dict, given_python: bool
         Stage("cuda_tests", "the suite's CUDA tests (pytest -m cuda) but the kernel sweep",
               [*pytest, "-k", f"not {SWEEP_TEST}", "--junitxml", str(out["cuda_tests"] / "junit.xml"),
                *cuda_test_files()],
-              limits["cuda_tests"], needs=("device",), collect=pytest_results),
+              limits["cuda_tests"], needs=("device",), collect=all_tests_ran),
         Stage("kernel_sweep", "Triton thought attention vs the torch implementation: bf16/fp16, d 64/128, GQA, "
               "p <= 16, odd L, padding, both dQ paths",
               [*pytest, "-k", SWEEP_TEST, "--junitxml", str(out["kernel_sweep"] / "junit.xml"),
                "tests/test_triton_attention.py"],
-              limits["kernel_sweep"], needs=("device",), collect=pytest_results),
+              limits["kernel_sweep"], needs=("device",), collect=all_tests_ran),
         Stage("flash_attn", "FA2 from a prebuilt wheel, FA3 if importable", [py, here, "probe", "flash_attn"],
               limits["flash_attn"], needs=("device",), collect=lambda d, log: last_json_line(log)),
         Stage("bench_attention", "attention fwd/bwd at Mistral 7B's heads vs SDPA, FA2/FA3, dense; vs predictions",
@@ -287,6 +292,8 @@ def run_stage(stage: Stage, run_dir: Path, deadline: float, env: dict) -> dict:
         try:
             record["results"] = stage.collect(stage_dir, log_text)
         except CheckFailed as error:
+            if error.results is not None:
+                record["results"] = error.results
             if record["status"] == "passed":
                 record["status"] = "failed"
             record["reason"] = "; ".join(filter(None, [record.get("reason"), str(error)]))
@@ -352,6 +359,17 @@ def pytest_results(stage_dir: Path, log: str) -> dict:
             if len(parts) >= 2 and "::" in parts[0] and parts[1] in PYTEST_OUTCOMES:
                 tests.append(dict(name=parts[0], outcome=PYTEST_OUTCOMES[parts[1]], seconds=None, message=""))
     return dict(source=source, counts=dict(collections.Counter(t["outcome"] for t in tests)), tests=tests)
+
+
+def all_tests_ran(stage_dir: Path, log: str) -> dict:
+    """pytest_results, failing the stage when no test ran or one was skipped: with a GPU, no CUDA test may skip."""
+    results = pytest_results(stage_dir, log)
+    skipped = results["counts"].get("skipped", 0)
+    if not results["tests"]:
+        raise CheckFailed("no test ran", results)
+    if skipped:
+        raise CheckFailed(f"{skipped} test(s) skipped on the GPU machine", results)
+    return results
 
 
 PYTEST_OUTCOMES = {"PASSED": "passed", "FAILED": "failed", "ERROR": "error", "SKIPPED": "skipped",
@@ -664,7 +682,7 @@ def main(argv=None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc)
     start = time.monotonic()
     run_dir = make_run_dir(args.out_dir, started)
-    python = args.python or venv_python()
+    python = args.python.absolute() if args.python else venv_python()  # absolute, not resolved: a venv's python is a link
     stages = default_stages(python, run_dir, args.limits, given_python=args.python is not None)
     report = dict(check="gpu_check", started=started.isoformat(timespec="seconds"), revision=git_revision(),
                   budget_s=args.budget_s, python=str(python), run_dir=str(run_dir), device=None, stages=[],

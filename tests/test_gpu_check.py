@@ -203,12 +203,18 @@ def test_pytest_results_from_junit_and_from_a_stopped_run(check, tmp_path):
     assert results["tests"][0] == {"name": "tests/test_triton_attention.py::test_a[bf16]", "outcome": "passed",
                                    "seconds": 1.5, "message": ""}
     assert results["tests"][1]["message"] == "AssertionError: dq: triton error 0.5"
+    with pytest.raises(check.CheckFailed, match=r"1 test\(s\) skipped on the GPU machine") as failed:
+        check.all_tests_ran(tmp_path, "")
+    assert failed.value.results == results
+    with pytest.raises(check.CheckFailed, match="no test ran"):
+        check.all_tests_ran(tmp_path / "missing", "collected 0 items\n")
     log = ("tests/test_triton_attention.py::test_a[bf16-64] PASSED      [ 10%]\n"
            "tests/test_triton_attention.py::test_a[fp16-64] FAILED      [ 20%]\nsome other line\n")
     stopped = check.pytest_results(tmp_path / "missing", log)
     assert stopped["counts"] == {"passed": 1, "failed": 1} and stopped["source"].startswith("log")
     assert [t["name"] for t in stopped["tests"]] == ["tests/test_triton_attention.py::test_a[bf16-64]",
                                                       "tests/test_triton_attention.py::test_a[fp16-64]"]
+    assert check.all_tests_ran(tmp_path / "missing", log) == stopped
 
 
 def attention_json(device: str) -> dict:
