@@ -2,10 +2,12 @@
 
 Started by `scripts/gpu_check.sh`, which first makes sure that a CUDA device is there (one line and a non-zero exit
 otherwise, before anything slow). The stages run in order, each as a subprocess in a process group of its own with a
-time limit of its own: a stage still running at its limit is killed with its whole group, reported as "timed out",
-and the next stage starts. All stages share one overall budget (default 470 s, so that the whole command, installs
-included, stays under 8 minutes): a stage that no longer fits, or whose prerequisite did not pass, is skipped, and
-the report says why. Default limits in seconds, estimated for one H100 (`--limit NAME=SECONDS` changes one):
+time limit of its own, extended by whatever the stages before it left unused: a stage still running at its limit is
+killed with its whole group, reported as "timed out", and the next stage starts. The limits add up to one overall
+budget (default 470 s, so that the whole command, installs included, stays under 8 minutes): a stage that no longer
+fits, or whose prerequisite did not pass, is skipped, and the report says why. Default limits in seconds, estimated
+for one H100 (`--limit NAME=SECONDS` changes one; a Triton compile and autotune cache left by an earlier run on the
+same machine, ~/.triton/cache, makes the kernel stages much quicker):
 
     environment      90  the project's virtualenv with a CUDA build of torch (scripts/setup_cuda_env.sh); with
                          --python, only checks that that interpreter imports quietstar and torch
@@ -256,13 +258,10 @@ def kill_group(process: subprocess.Popen) -> None:
 
 
 def run_stage(stage: Stage, run_dir: Path, deadline: float, env: dict) -> dict:
-    """Run one stage with min(its limit, the budget left) and return its record for the report."""
+    """Run one stage until `deadline` (time.monotonic()) at the latest and return its record for the report."""
     record = dict(name=stage.name, description=stage.description, command=stage.command, limit_s=stage.limit_s,
                   log=f"{stage.name}.log")
-    left = deadline - time.monotonic()
-    if left < MIN_STAGE_S:
-        return record | dict(status="skipped", reason=f"not started: {max(left, 0):.0f} s left in the overall budget")
-    limit = min(stage.limit_s, left)
+    limit = max(deadline - time.monotonic(), 0.0)
     stage_dir = run_dir / stage.name
     stage_dir.mkdir(exist_ok=True)
     log_path = run_dir / record["log"]
@@ -281,7 +280,7 @@ def run_stage(stage: Stage, run_dir: Path, deadline: float, env: dict) -> dict:
             timed_out = True
     record |= dict(seconds=round(time.monotonic() - start, 1), effective_limit_s=round(limit, 1))
     if timed_out:
-        record |= dict(status="timed_out", reason=f"timed out after {limit:.0f} s: killed, the rest of it skipped",
+        record |= dict(status="timed_out", reason=f"timed out after {limit:.3g} s: killed, the rest of it skipped",
                        returncode=None)
     else:
         record |= dict(status="passed" if returncode == 0 else "failed", returncode=returncode)
@@ -307,19 +306,30 @@ def run_stage(stage: Stage, run_dir: Path, deadline: float, env: dict) -> dict:
 def run_stages(stages: list[Stage], run_dir: Path, budget_s: float, env: dict, selected=None,
                on_record: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Run the selected stages in order within budget_s; those not selected, or whose needs did not pass, are
-    skipped. on_record(records) is called after each stage (to rewrite the report)."""
-    deadline = time.monotonic() + budget_s
+    skipped. on_record(records) is called after each stage (to rewrite the report).
+
+    Stage i may run until the start time plus the limits of stages 1..i (and never past budget_s): its own limit,
+    plus whatever the stages before it left unused, so that time a quick stage saves goes to the next one and no
+    stage gets less than its own limit (less the kill grace of an earlier stage that timed out).
+    """
+    start = time.monotonic()
+    slot_end, budget_end = start, start + budget_s
     records, status = [], {}
     for stage in stages:
+        slot_end += stage.limit_s
         unmet = [need for need in stage.needs if status.get(need) != "passed"]
+        budget_left = budget_end - time.monotonic()
         if selected is not None and stage.name not in selected:
             record = dict(name=stage.name, description=stage.description, status="skipped",
                           reason="not selected (--stages)")
         elif unmet:
             record = dict(name=stage.name, description=stage.description, status="skipped",
                           reason=f"not started: {', '.join(unmet)} did not pass")
+        elif budget_left < MIN_STAGE_S:
+            record = dict(name=stage.name, description=stage.description, status="skipped",
+                          reason=f"not started: {max(budget_left, 0):.0f} s left in the overall budget")
         else:
-            record = run_stage(stage, run_dir, deadline, env)
+            record = run_stage(stage, run_dir, min(slot_end, budget_end), env)
         status[stage.name] = record["status"]
         records.append(record)
         if on_record is not None:

@@ -3,6 +3,7 @@ runner's time limits and prerequisites, the collectors and the report writer (th
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def test_a_stage_over_its_limit_is_killed_with_its_children_and_the_next_stage_r
     assert time.monotonic() - start < 20
     slow, after, fails, needs_fails, needs_after = records
     assert slow["status"] == "timed_out" and slow["returncode"] is None and 1.5 <= slow["seconds"] < 10
-    assert slow["reason"].startswith("timed out after 2 s") and slow["log_tail"] == ["started"]
+    assert re.match(r"timed out after 1\.\d+ s: killed", slow["reason"]) and slow["log_tail"] == ["started"]
     assert not running(int(child_pid.read_text()))
     assert after["status"] == "passed" and (tmp_path / "after.log").read_text() == "ran\n"
     assert fails["status"] == "failed" and fails["returncode"] == 3 and fails["reason"] == "exit status 3"
@@ -187,6 +188,17 @@ def test_the_overall_budget_caps_a_stage_and_skips_what_no_longer_fits(check, tm
                                 budget_s=60, env=dict(os.environ), selected={"b"})
     assert [r["status"] for r in selected] == ["skipped", "passed"]
     assert selected[0]["reason"] == "not selected (--stages)"
+    assert 19 < selected[1]["effective_limit_s"] <= 20  # its 10 s and the 10 s of the stage not run
+
+
+def test_time_a_stage_leaves_unused_goes_to_the_next(check, tmp_path):
+    stages = [stage(check, "quick", "print(1)", limit=8), stage(check, "slow", "import time; time.sleep(60)", 2),
+              stage(check, "last", "print(3)", limit=7)]
+    quick, slow, last = check.run_stages(stages, tmp_path, budget_s=17, env=dict(os.environ))
+    assert quick["status"] == "passed" and quick["seconds"] < 8
+    # the slow stage gets its own 2 s and what the quick one left of its 8 s, and the last stage still its 7 s
+    assert slow["status"] == "timed_out" and 8 < slow["effective_limit_s"] + quick["seconds"] <= 10.1
+    assert last["status"] == "passed" and 5 < last["effective_limit_s"] <= 7.1
 
 
 def test_pytest_results_from_junit_and_from_a_stopped_run(check, tmp_path):
