@@ -3,9 +3,9 @@
 Started by `scripts/gpu_check.sh`, which first makes sure that a CUDA device is there (one line and a non-zero exit
 otherwise, before anything slow). The stages run in order, each as a subprocess in a process group of its own with a
 time limit of its own, extended by whatever the stages before it left unused: a stage still running at its limit is
-killed with its whole group, reported as "timed out", and the next stage starts. The limits add up to one overall
-budget (default 470 s, so that the whole command, installs included, stays under 8 minutes): a stage that no longer
-fits, or whose prerequisite did not pass, is skipped, and the report says why. Default limits in seconds, estimated
+killed with its whole group, reported as "timed out", and the next stage starts. The limits add up to the overall
+budget (470 s by default, so that the whole command, installs included, stays under 8 minutes; `--budget-s` sets
+it apart): a stage that no longer fits, or whose prerequisite did not pass, is skipped, and the report says why. Default limits in seconds, estimated
 for one H100 (`--limit NAME=SECONDS` changes one; a Triton compile and autotune cache left by an earlier run on the
 same machine, ~/.triton/cache, makes the kernel stages much quicker):
 
@@ -54,7 +54,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from xml.etree import ElementTree
@@ -62,7 +62,6 @@ from xml.etree import ElementTree
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT_DIR = REPO_ROOT / "benchmark_runs"
 PREDICTIONS = REPO_ROOT / "benchmarks" / "results" / "kernel_report.json"
-DEFAULT_BUDGET_S = 470.0
 MIN_STAGE_S = 5.0  # a stage with less time than this left in the budget is skipped rather than started
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a timed-out stage's process group
 SWEEP_TEST = "test_cuda_kernel_sweep_against_torch"
@@ -70,7 +69,8 @@ STAGE_ENV = dict(
     HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
     PYTHONUNBUFFERED="1",
 )
-# (name, default limit in seconds, what it checks); the commands are built by `default_stages`.
+# The stages in run order with their default time limits in seconds (their commands: `default_stages`); the
+# overall budget defaults to their sum.
 STAGE_LIMITS = {
     "environment": 90.0,
     "device": 20.0,
@@ -111,7 +111,6 @@ class Stage:
     limit_s: float
     needs: tuple[str, ...] = ()
     collect: Callable[[Path, str], dict] | None = None
-    env: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -136,8 +135,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR,
                         help="the run directory gpu_check_<UTC time>/ is made in it (default: benchmark_runs/)")
-    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
-                        help=f"overall time budget in seconds (default {DEFAULT_BUDGET_S:.0f})")
+    parser.add_argument("--budget-s", type=float,
+                        help=f"overall time budget in seconds (default: the sum of the stage limits, "
+                             f"{sum(STAGE_LIMITS.values()):.0f} unless --limit changes one)")
     parser.add_argument("--limit", type=parse_limit, action="append", default=[], metavar="NAME=SECONDS",
                         help="time limit of one stage (repeatable)")
     later = [name for name in STAGE_LIMITS if name not in ALWAYS_RUN]
@@ -147,9 +147,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="an interpreter that already has quietstar and its dependencies with a CUDA torch: "
                              "nothing is installed (default: the virtualenv of scripts/setup_cuda_env.sh)")
     args = parser.parse_args(argv)
+    args.limits = dict(STAGE_LIMITS, **dict(args.limit))
+    if args.budget_s is None:
+        args.budget_s = sum(args.limits.values())
     if not args.budget_s > 0:
         parser.error("--budget-s must be positive")
-    args.limits = dict(STAGE_LIMITS, **dict(args.limit))
     return args
 
 
@@ -268,7 +270,7 @@ def run_stage(stage: Stage, run_dir: Path, deadline: float, env: dict) -> dict:
     start = time.monotonic()
     with open(log_path, "w") as log:
         try:
-            process = subprocess.Popen(stage.command, cwd=REPO_ROOT, env={**env, **stage.env}, stdout=log,
+            process = subprocess.Popen(stage.command, cwd=REPO_ROOT, env=env, stdout=log,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as error:
             return record | dict(status="failed", reason=f"could not start: {error}", seconds=0.0)
@@ -446,15 +448,20 @@ def generate_results(stage_dir: Path) -> dict:
 
 
 def training_results(train_dir: Path) -> dict:
-    """Losses per logged step of the torchrun job; a non-finite loss, or no logged step, fails the stage."""
+    """Losses per logged step of the torchrun job and the checkpoints and export it wrote; a non-finite loss, no
+    logged step, or no checkpoint fails the stage."""
     records = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    losses = {r["step"]: r["loss"] for r in records if "loss" in r}
-    if not losses:
-        raise CheckFailed(f"no loss logged in {train_dir / 'metrics.jsonl'}")
-    bad = [step for step, loss in losses.items() if not math.isfinite(loss)]
+    results = dict(losses={r["step"]: r["loss"] for r in records if "loss" in r},
+                   checkpoints=sorted(p.name for p in (train_dir / "checkpoints").glob("step_*")),
+                   final_export=(train_dir / "final").is_dir())
+    bad = [step for step, loss in results["losses"].items() if not math.isfinite(loss)]
+    if not results["losses"]:
+        raise CheckFailed(f"no loss logged in {train_dir / 'metrics.jsonl'}", results)
     if bad:
-        raise CheckFailed(f"non-finite loss at steps {bad}")
-    return dict(losses=losses, checkpoints=sorted(p.name for p in train_dir.glob("checkpoint*")))
+        raise CheckFailed(f"non-finite loss at steps {bad}", results)
+    if not results["checkpoints"]:
+        raise CheckFailed(f"no checkpoint in {train_dir / 'checkpoints'}", results)
+    return results
 
 
 # ------------------------------------------------------------------------------------------------ probes
@@ -639,7 +646,8 @@ def _generate_section(results: dict) -> list[str]:
 
 def _training_section(results: dict) -> list[str]:
     losses = ", ".join(f"step {step}: {loss:.4f}" for step, loss in results["losses"].items())
-    return [f"Losses {losses}; checkpoints {', '.join(results['checkpoints']) or 'none'}."]
+    return [f"Losses {losses or 'none'}; checkpoints {', '.join(results['checkpoints']) or 'none'}; final export "
+            f"{'written' if results['final_export'] else 'missing'}."]
 
 
 def _flash_attn_section(results: dict) -> list[str]:

@@ -81,6 +81,8 @@ def test_arguments(check, tmp_path):
                              "--stages", "generate"])
     assert args.out_dir == tmp_path and args.stages == ["generate"]
     assert args.limits == {**check.STAGE_LIMITS, "cuda_tests": 150.0, "generate": 5.0}
+    assert args.budget_s == 470 + 55 - 20  # the sum of the limits, unless --budget-s sets it
+    assert check.parse_args(["--limit", "cuda_tests=150", "--budget-s", "300"]).budget_s == 300
     for bad, message in [(["--limit", "nope=3"], "NAME one of environment"),
                          (["--limit", "cuda_tests=soon"], "is not a number"),
                          (["--limit", "cuda_tests=0"], "must be positive"),
@@ -277,11 +279,16 @@ def test_attention_results_against_the_committed_predictions(check, tmp_path):
 
 def test_training_results_fail_the_stage_on_a_non_finite_loss(check, tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": 2.25}\n')
-    (tmp_path / "checkpoint-3").mkdir()
-    assert check.training_results(tmp_path) == {"losses": {1: 2.5, 2: 2.25}, "checkpoints": ["checkpoint-3"]}
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": NaN}\n')
-    with pytest.raises(check.CheckFailed, match=r"non-finite loss at steps \[2\]"):
+    with pytest.raises(check.CheckFailed, match="no checkpoint in"):
         check.training_results(tmp_path)
+    (tmp_path / "checkpoints" / "step_00000003").mkdir(parents=True)
+    (tmp_path / "final").mkdir()
+    assert check.training_results(tmp_path) == {"losses": {1: 2.5, 2: 2.25}, "checkpoints": ["step_00000003"],
+                                                "final_export": True}
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": NaN}\n')
+    with pytest.raises(check.CheckFailed, match=r"non-finite loss at steps \[2\]") as failed:
+        check.training_results(tmp_path)
+    assert failed.value.results["checkpoints"] == ["step_00000003"]  # the report keeps what was found
     failing = check.Stage("fsdp", "train", [sys.executable, "-c", "print('done')"], 30,
                           collect=lambda d, log: check.training_results(tmp_path))
     (record,) = check.run_stages([failing], tmp_path, budget_s=60, env=dict(os.environ))
