@@ -549,9 +549,9 @@ def markdown_report(report: dict) -> str:
         f"quietstar {report['revision']}.",
     ]
     if device:
-        lines.append(f"Compute capability {device['capability']}, {device['memory_GiB']} GiB; torch {device['torch']} "
-                     f"(CUDA {device['cuda']}, cuDNN {device['cudnn']}), triton {device['triton']}, transformers "
-                     f"{device['transformers']}, Python {device['python']}.")
+        lines.append(f"Compute capability {device.get('capability')}, {device.get('memory_GiB')} GiB; torch "
+                     f"{device.get('torch')} (CUDA {device.get('cuda')}, cuDNN {device.get('cudnn')}), triton "
+                     f"{device.get('triton')}, transformers {device.get('transformers')}, Python {device.get('python')}.")
     lines += ["", "| stage | status | s | limit s | checks | note |", "|---|---|---|---|---|---|"]
     for r in report["stages"]:
         note = r.get("reason", "") or r.get("results_error", "")
@@ -559,7 +559,10 @@ def markdown_report(report: dict) -> str:
                      f"{_fmt(r.get('effective_limit_s', r.get('limit_s')))} | {r['description']} | {note} |")
     for r in report["stages"]:
         section = STAGE_SECTIONS.get(r["name"])
-        body = section(r["results"]) if section and r.get("results") else []
+        try:
+            body = section(r["results"]) if section and r.get("results") else []
+        except (KeyError, TypeError, ValueError) as error:  # results of an unexpected shape must not stop the run
+            body = [f"(results not rendered: {type(error).__name__}: {error}; see report.json)"]
         if body or r.get("log_tail"):
             lines += ["", f"## {r['name']}: {r['status'].replace('_', ' ')}", ""]
         lines += body

@@ -350,3 +350,5 @@ def test_report_writer(check, tmp_path):
     assert "| 1 | 1024 | 4 | dense | out of memory |" in markdown and "fa3: flash_attn_interface" in markdown
     assert "| 8 | 12 | 256 | 0.9 | 0.05 | 1.5 |" in markdown
     assert "| 4 | 8 | 256 | 12.00 | 3.00 | 2.00 |" in markdown and "| 8 | 12 | 256 | oom | | |" in markdown
+    stages[3]["results"] = {"unexpected": True}  # a collector's surprise is reported, not raised
+    assert "## train_step: passed\n\n(results not rendered: KeyError: 'meta'" in check.markdown_report(report)
