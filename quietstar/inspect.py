@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .eval.checkpoint import DTYPES, load_checkpoint, resolve_checkpoint
+from .eval.checkpoint import DTYPES, NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
 from .file_checks import CheckpointError
 from .losses_quietstar import look_ahead_scores
 
@@ -179,6 +179,8 @@ def main(argv=None) -> ThoughtReport:
             resolve_checkpoint(args.checkpoint), args.device, args.dtype,
             inference_thought_temperature=args.thought_temperature,
         )
+    except NotQuietStarCheckpointError as error:
+        raise SystemExit(f"error: checkpoint: {error}, so it has no thoughts to inspect") from None
     except CheckpointError as error:
         raise SystemExit(f"error: checkpoint: {error}") from None
     torch.manual_seed(args.seed)

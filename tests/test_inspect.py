@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_checkpoint import save_tiny_checkpoint
+from tiny_checkpoint import save_tiny_base_checkpoint, save_tiny_checkpoint
 
 from quietstar.eval.checkpoint import load_checkpoint
 from quietstar.inspect import decode_after, inspect_text, main, token_texts
@@ -120,3 +120,14 @@ def test_help_explains_every_argument_with_its_default(capsys, monkeypatch):
     for name, shown in expected.items():
         entry = next(entry for entry in entries if entry.startswith(name + " "))
         assert shown in entry and len(entry[len(name) :].strip()) > len(shown) + 10, entry  # help beyond the default
+
+
+def test_a_base_checkpoint_is_one_line(tmp_path):
+    base = save_tiny_base_checkpoint(tmp_path / "llama")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(base), "--text", "1 + 1 = 2", "--html", str(tmp_path / "thoughts.html")])
+    assert exit_info.value.code == (
+        f"error: checkpoint: {base} is not a quietstar checkpoint: its config has model_type 'llama', so it has no "
+        "thoughts to inspect"
+    )
+    assert not (tmp_path / "thoughts.html").exists()
