@@ -4,6 +4,7 @@ checkpoints, a full disk, and 2-rank gradients against one process."""
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,6 +124,23 @@ def test_kill_and_resume_reproduces_the_losses(uninterrupted, tmp_path):
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_resume_with_an_allowed_config_change_records_it(uninterrupted, tmp_path):
+    # (Refusing the change without --allow-config-change, and resuming a finished run: tests/test_run_directory.py.)
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    changed = ["--train.max_steps=7", "--resume", "--model.quietstar.n_thought_tokens=5"]
+    # Allowed: training continues from step 6 with thoughts of 5 tokens, and the run's history says so.
+    _train(run, *changed, "--allow-config-change")
+    records = [json.loads(line) for line in (run / "config_changes.jsonl").read_text().splitlines()]
+    assert records == [
+        {"step": 6, "field": "model.quietstar.n_thought_tokens", "old": 4, "new": 5},
+        {"step": 6, "field": "train.max_steps", "old": 6, "new": 7},
+    ]
+    assert load_config(run / "config.yaml").model.quietstar["n_thought_tokens"] == 5
+    assert [r["step"] for r in _records(run)] == [1, 2, 3, 4, 5, 6, 7]
+    assert json.loads((run / "final" / "config.json").read_text())["n_thought_tokens"] == 5
 
 
 @pytest.mark.parametrize("n_ranks", [2, 4])

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ..eval.checkpoint import could_be_hub_id
 from ..families import FAMILIES, Family, family_of
 from ..thinking_config import QuietStarConfigMixin
 
@@ -368,6 +369,9 @@ def validate(config: JobConfig) -> None:
             raise ConfigError(f"unknown config key 'model.quietstar.{key}': not a Quiet-STaR field (QuietStarConfigMixin)")
     if model.name_or_path is None and model.tokenizer is None:
         raise ConfigError("model.tokenizer must be set when model.name_or_path is null (e.g. 'builtin-mistral')")
+    for key, name in (("model.name_or_path", model.name_or_path), ("model.tokenizer", model.tokenizer)):
+        if name not in (None, BUILTIN_MISTRAL_TOKENIZER) and not Path(name).exists() and not could_be_hub_id(name):
+            raise ConfigError(f"{key}: no such directory: {Path(name).absolute()} (and not a hub id)")
     family = family_of(model.family) if model.name_or_path is None else _local_checkpoint_family(model.name_or_path)
     if family is not None:  # else the checkpoint is on the hub: `build_model` checks the fields once it has its config
         check_model_fields(model, family)
