@@ -246,7 +246,9 @@ def uses_generated_corpus(config: JobConfig) -> bool:
     return any(source.path == SYNTHETIC_SOURCE for source in config.data.sources)
 
 
-def open_data(config: JobConfig, tokenizer: PreTrainedTokenizerBase, world: World, overwrite: bool) -> PackedTokenStream:
+def open_data(
+    config: JobConfig, tokenizer: PreTrainedTokenizerBase, world: World, overwrite: bool
+) -> PackedTokenStream:
     """This rank's token stream. The generated corpus is written once (by rank 0; with `--overwrite` anew at its
     default place in the output directory) and then read like any local dataset."""
     output_dir = Path(config.output_dir)

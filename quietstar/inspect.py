@@ -141,14 +141,18 @@ def format_html(report: ThoughtReport, title: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m quietstar.inspect", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "checkpoint", help="quietstar checkpoint directory (or hub model id) with its tokenizer, e.g. outputs/tiny/final"
+        "checkpoint",
+        help="quietstar checkpoint directory (or hub model id) with its tokenizer, e.g. outputs/tiny/final",
     )
     parser.add_argument(
         "--text", required=True,
         help="the text to inspect (required); in bash, $'...' quoting passes a real newline: $'Q: 1 + 1 = ?\\nA: 2'",
     )
     parser.add_argument(
-        "--html", type=Path, default=Path("thoughts.html"), help="where to write the heatmap page (default: %(default)s)"
+        "--html",
+        type=Path,
+        default=Path("thoughts.html"),
+        help="where to write the heatmap page (default: %(default)s)",
     )
     parser.add_argument(
         "--thought-temperature", type=float, default=0.0,
@@ -156,7 +160,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "model's distribution (default: %(default)s)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the thought sampling when --thought-temperature > 0 (default: %(default)s)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the thought sampling when --thought-temperature > 0 (default: %(default)s)",
     )
     parser.add_argument(
         "--device", default="auto",

@@ -75,7 +75,8 @@ def test_an_output_path_that_is_a_file_is_refused(tmp_path):
 
 def test_overwrite_deletes_the_run_and_keeps_other_files(tmp_path):
     _fake_run(tmp_path)
-    assert clear_run(tmp_path) == ["config.yaml", "metrics.jsonl", "checkpoints", "final", "wandb", "config_changes.jsonl"]
+    deleted = ["config.yaml", "metrics.jsonl", "checkpoints", "final", "wandb", "config_changes.jsonl"]
+    assert clear_run(tmp_path) == deleted
     assert {p.name for p in tmp_path.iterdir()} == {"notes.txt", "synthetic_corpus"}
     check_output_dir(tmp_path, resume=False, overwrite=False)
     assert clear_generated_corpus(tmp_path) == ["synthetic_corpus"]
@@ -261,13 +262,16 @@ def test_a_start_that_fails_on_the_model_leaves_no_output_directory(tmp_path):
     weights = base / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(SystemExit) as exit_info:
-        _train_module().main(["--output-dir", str(tmp_path / "run"), f"--model.name_or_path={base}", "--model.architecture={}"])
+        _train_module().main(
+            ["--output-dir", str(tmp_path / "run"), f"--model.name_or_path={base}", "--model.architecture={}"]
+        )
     assert exit_info.value.code.startswith(f"train.py: error: {weights} is truncated")
     assert not (tmp_path / "run").exists()
     # Errors in the model's config are found before anything is set up.
+    missing = tmp_path / "missing"
     for overrides, message in [
-        ([f"--model.name_or_path={tmp_path / 'missing'}"], f"model.name_or_path: no such directory: {tmp_path / 'missing'}"),
-        ([f"--model.tokenizer={tmp_path / 'missing'}"], f"model.tokenizer: no such directory: {tmp_path / 'missing'}"),
+        ([f"--model.name_or_path={missing}"], f"model.name_or_path: no such directory: {missing}"),
+        ([f"--model.tokenizer={missing}"], f"model.tokenizer: no such directory: {missing}"),
         (["--model.quietstar.n_thought_tokens=2"], "model.quietstar/model.architecture: QuietStarConfig.n_thought_tokens"),
     ]:
         with pytest.raises(SystemExit) as exit_info:

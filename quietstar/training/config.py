@@ -189,7 +189,11 @@ class CheckpointConfig:
         resume: Continue the run in `output_dir` from its latest complete checkpoint in `<output_dir>/checkpoints`
             (from step 0 when there is none); the records of `metrics.jsonl` past that checkpoint are dropped. Same as
             `--resume` on the command line. Without it (or `--overwrite`), training refuses an `output_dir` that
-            already holds a run.
+            already holds a run. The run's settings (model, Quiet-STaR fields, data, optimisation, batch) must be
+            those of its `config.yaml` unless `--allow-config-change` is given, which records each change in
+            `<output_dir>/config_changes.jsonl`; how the run is carried out (device, activation checkpointing,
+            checkpoints, logging) may change freely (see `quietstar/training/resume.py`). A finished run (latest
+            checkpoint at `train.max_steps`, final model written) has nothing to do.
         export_dtype: Dtype of the weights in HF exports.
     """
 
