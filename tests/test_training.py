@@ -155,6 +155,9 @@ def test_torchrun_trains_the_tiny_config_as_shipped(tmp_path, n_ranks):
         flags = ["--overwrite"]
     result = _train(tmp_path, "--train.max_steps=2", *flags, launcher=_torchrun(n_ranks), small=TINY_AS_SHIPPED)
     assert f"{n_ranks} rank(s) on cpu, 1 micro-batch(es) of {4 // n_ranks} per step" in result.stderr
+    # The generated corpus has 2 shards: 4 ranks each read both (and keep their own documents), said once by rank 0.
+    shard_notes = [line for line in result.stderr.splitlines() if "the data stream has 2 shard(s)" in line]
+    assert [note.split("]")[0][-6:] for note in shard_notes] == (["rank 0"] if n_ranks == 4 else [])
     assert [r["step"] for r in _records(tmp_path)] == [1, 2]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002"]
     assert (tmp_path / "checkpoints" / "step_00000002" / "state" / ".metadata").is_file()
