@@ -7,7 +7,9 @@
 Any config field can be overridden with `--section.key=value` (see quietstar/training/config.py). The run writes
 `config.yaml`, `metrics.jsonl`, checkpoints under `checkpoints/` and the final HF model to `final/` in its output
 directory. An output directory that already holds a run is used only with `--resume` (continue it) or `--overwrite`
-(delete it and start again).
+(delete it and start again). A resume keeps the run's settings: changing one (say `--model.quietstar.n_thoughts=4`)
+needs `--allow-config-change`, and every change is recorded in `config_changes.jsonl` (see
+quietstar/training/resume.py); resuming a finished run says that there is nothing to do.
 """
 
 import argparse
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from quietstar.data import PackedTokenStream, synthetic_corpus_files
@@ -43,7 +46,8 @@ from quietstar.training.flops import peak_flops_per_device, quietstar_step_flops
 from quietstar.training.metrics import MetricsLogger, StepTimer, peak_memory_gb, truncate_metrics
 from quietstar.training.model import load_tokenizer, setup_model
 from quietstar.training.optim import build_optimizer, build_scheduler
-from quietstar.training.parallel import init_world, shutdown
+from quietstar.training.parallel import World, init_world, shutdown
+from quietstar.training.resume import Resumption, check_resume, finished_message, record_config_changes
 from quietstar.training.run_directory import RunDirectoryError, check_output_dir, clear_generated_corpus, clear_run
 from quietstar.training.step import train_step
 
@@ -54,8 +58,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 USER_ERRORS = (ConfigError, RunDirectoryError, TrainingCheckpointError, CheckpointError)
 
 
-def parse_args(argv: list[str] | None) -> tuple[JobConfig, bool]:
-    """(config, overwrite) from the command line; raises `ConfigError` for an invalid config or argument."""
+def parse_args(argv: list[str] | None) -> tuple[JobConfig, bool, bool]:
+    """(config, overwrite, allow_config_change) from the command line; raises `ConfigError` for an invalid config or
+    argument."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/tiny.yaml)")
     parser.add_argument("--output-dir", help="output directory (overrides output_dir)")
@@ -71,6 +76,13 @@ def parse_args(argv: list[str] | None) -> tuple[JobConfig, bool]:
         help="replace the run in the output directory: once the new run is set up, its config.yaml, metrics.jsonl, "
         "checkpoints/, final/ and wandb/ are deleted (other files are kept) and the generated corpus is rewritten",
     )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue the run even though settings of the run (model, Quiet-STaR fields, data, "
+        "optimisation, batch) differ from its config.yaml; each change is recorded in config_changes.jsonl with the "
+        "step it applies from",
+    )
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
@@ -81,25 +93,35 @@ def parse_args(argv: list[str] | None) -> tuple[JobConfig, bool]:
         overrides.append(f"output_dir={args.output_dir}")
     if args.resume:
         overrides.append("checkpoint.resume=true")
-    return load_config(args.config, overrides), args.overwrite
+    config = load_config(args.config, overrides)
+    if args.allow_config_change and not config.checkpoint.resume:
+        raise ConfigError("--allow-config-change only applies with --resume")
+    return config, args.overwrite, args.allow_config_change
 
 
 def main(argv: list[str] | None = None) -> None:
     """Check the command line, the config and the output directory, then train; a user error ends the process
-    with one line from rank 0 (under torchrun every rank finds the same error) and exit status 1."""
+    with one line from rank 0 (under torchrun every rank finds the same error) and exit status 1. Resuming a finished
+    run prints one line saying so (rank 0) and exits with status 0."""
     try:
-        config, overwrite = parse_args(argv)
+        config, overwrite, allow_config_change = parse_args(argv)
         batch_layout(config.train, int(os.environ.get("WORLD_SIZE", 1)))
         check_output_dir(config.output_dir, resume=config.checkpoint.resume, overwrite=overwrite)
-        run(config, overwrite)
+        resumption = check_resume(config, allow_config_change=allow_config_change) if config.checkpoint.resume else None
+        if resumption is not None and resumption.finished:
+            if int(os.environ.get("RANK", 0)) == 0:
+                print(f"train.py: {finished_message(config, resumption)}")
+            return
+        run(config, overwrite, resumption)
     except USER_ERRORS as error:
         if int(os.environ.get("RANK", 0)) == 0:
             sys.exit(f"train.py: error: {error}")
         sys.exit(1)
 
 
-def run(config: JobConfig, overwrite: bool) -> None:
-    """Train as `config` says in `config.output_dir`, already checked by `check_output_dir`."""
+def run(config: JobConfig, overwrite: bool, resumption: Resumption | None = None) -> None:
+    """Train as `config` says in `config.output_dir`, already checked by `check_output_dir` (and, when resuming, by
+    `check_resume`, whose `resumption` lists the config changes to record)."""
     world = init_world(config.train.device)
     logging.basicConfig(
         level=logging.INFO if world.is_main else logging.WARNING,
@@ -107,31 +129,19 @@ def run(config: JobConfig, overwrite: bool) -> None:
     )
     hf_logging.disable_progress_bar()
     output_dir = Path(config.output_dir)
-    uses_synthetic = any(source.path == SYNTHETIC_SOURCE for source in config.data.sources)
-    if world.is_main:
-        if overwrite and uses_synthetic and config.data.synthetic.directory is None:
-            clear_generated_corpus(output_dir)  # regenerated below, with this run's settings
-        output_dir.mkdir(parents=True, exist_ok=True)
-    world.barrier()
     train = config.train
     micro_batch_size, n_micro = batch_layout(train, world.world_size)
     logger.info(
         "%d rank(s) on %s, %d micro-batch(es) of %d per step", world.world_size, world.device, n_micro, micro_batch_size
     )
 
-    # Data: the generated corpus is written once (by rank 0) and then read like any local dataset.
+    # Tokenizer, data, model, optimizer, schedule; then the latest checkpoint if resuming. Nothing is written in the
+    # output directory yet, so a start that fails leaves no directory behind, or an existing one as it was. The data
+    # comes first, so that an error in it is found before a large model is loaded, unless its generated corpus goes
+    # into the output directory: then it waits until the model is set up.
     tokenizer = load_tokenizer(config.model)
-    synthetic_files = None
-    if uses_synthetic:
-        if world.is_main:
-            synthetic_corpus_files(config.data, output_dir)
-        world.barrier()
-        synthetic_files = synthetic_corpus_files(config.data, output_dir)
-    data = PackedTokenStream(
-        config.data, tokenizer, rank=world.rank, world_size=world.world_size, seed=train.seed, synthetic_files=synthetic_files
-    )
-
-    # Model, optimizer, schedule; then the latest checkpoint if resuming.
+    corpus_in_output_dir = uses_generated_corpus(config) and config.data.synthetic.directory is None
+    data = None if corpus_in_output_dir else open_data(config, tokenizer, world, overwrite)
     model = setup_model(
         config.model,
         tokenizer,
@@ -143,14 +153,18 @@ def run(config: JobConfig, overwrite: bool) -> None:
     )
     optimizer = build_optimizer(model, train, world.device)
     scheduler = build_scheduler(optimizer, train)
-    step = 0
+    step, data_state = 0, None
     checkpoint = latest_checkpoint(output_dir) if config.checkpoint.resume else None
     if checkpoint is not None:
         step, data_state = load_checkpoint(checkpoint, model, optimizer, scheduler, world)
-        data.load_state_dict(data_state)
         logger.info("resumed from %s at step %d", checkpoint, step)
+    if data is None:
+        data = open_data(config, tokenizer, world, overwrite)
+    if data_state is not None:
+        data.load_state_dict(data_state)
     # Only now, with everything set up, does the run touch its files: a start that fails leaves them as they were.
     if world.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
             deleted = clear_run(output_dir)
             if deleted:
@@ -159,7 +173,16 @@ def run(config: JobConfig, overwrite: bool) -> None:
             dropped = truncate_metrics(output_dir / "metrics.jsonl", step)
             if dropped:
                 logger.info("dropped %d record(s) past step %d from metrics.jsonl", dropped, step)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        if resumption is not None and resumption.changes:
+            record_config_changes(output_dir, step, resumption.changes)
+            logger.info(
+                "config changes from step %d on (recorded in config_changes.jsonl): %s",
+                step,
+                ", ".join(change.describe() for change in resumption.changes),
+            )
+        tmp_config = output_dir / ".tmp-config.yaml"  # renamed when complete: a kill leaves a whole config.yaml
+        tmp_config.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        os.replace(tmp_config, output_dir / "config.yaml")
     world.barrier()
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
@@ -217,6 +240,34 @@ def run(config: JobConfig, overwrite: bool) -> None:
         logger.info("wrote %s", final)
     metrics_logger.close()
     shutdown(world)
+
+
+def uses_generated_corpus(config: JobConfig) -> bool:
+    return any(source.path == SYNTHETIC_SOURCE for source in config.data.sources)
+
+
+def open_data(
+    config: JobConfig, tokenizer: PreTrainedTokenizerBase, world: World, overwrite: bool
+) -> PackedTokenStream:
+    """This rank's token stream. The generated corpus is written once (by rank 0; with `--overwrite` anew at its
+    default place in the output directory) and then read like any local dataset."""
+    output_dir = Path(config.output_dir)
+    synthetic_files = None
+    if uses_generated_corpus(config):
+        if world.is_main:
+            if overwrite and config.data.synthetic.directory is None:
+                clear_generated_corpus(output_dir)  # regenerated here, with this run's settings
+            synthetic_corpus_files(config.data, output_dir)
+        world.barrier()
+        synthetic_files = synthetic_corpus_files(config.data, output_dir)
+    return PackedTokenStream(
+        config.data,
+        tokenizer,
+        rank=world.rank,
+        world_size=world.world_size,
+        seed=config.train.seed,
+        synthetic_files=synthetic_files,
+    )
 
 
 if __name__ == "__main__":

@@ -156,22 +156,21 @@ def diagnose_sources(config: DataConfig, synthetic_files: list[str] | None = Non
     return None
 
 
-def mixed_documents(
-    config: DataConfig,
-    *,
-    rank: int,
-    world_size: int,
-    seed: int,
-    epoch: int = 0,
-    synthetic_files: list[str] | None = None,
-) -> IterableDataset:
-    """The document stream of one rank: sources interleaved by probability, shuffled (if configured), split by rank.
+def shard_split_note(num_shards: int, world_size: int) -> str | None:
+    """What splitting a stream of `num_shards` shards over `world_size` ranks costs when the shards do not divide
+    evenly (None when they do): every rank then reads the whole stream and keeps its share of the documents."""
+    if world_size == 1 or num_shards % world_size == 0:
+        return None
+    return (
+        f"the data stream has {num_shards} shard(s), not a multiple of the world size {world_size}: each rank reads "
+        f"the whole stream and keeps one document in {world_size}, so the ranks train on disjoint documents and only "
+        f"the reading is repeated on every rank; with a multiple of {world_size} shards (data.synthetic.n_shards for "
+        "the generated corpus) each rank reads only its own shards"
+    )
 
-    Mixing follows `interleave_datasets(..., stopping_strategy="all_exhausted")`: each document comes from source k
-    with probability p_k (normalised); a source that runs out restarts until every source has been seen in full.
-    Ranks get disjoint documents (`split_dataset_by_node`: whole shards per rank when the world size divides the
-    number of shards, else every world_size-th document, which reads all shards on every rank).
-    """
+
+def _unsplit_documents(config: DataConfig, *, seed: int, synthetic_files: list[str] | None) -> IterableDataset:
+    """The mixed (and shuffled, if configured) document stream of all ranks together."""
     sources = [
         open_source(source, f"data.sources.{i}", synthetic_files) for i, source in enumerate(config.sources)
     ]
@@ -190,16 +189,35 @@ def mixed_documents(
             _raise_naming_the_source(error, config, synthetic_files)
     if config.shuffle_buffer:
         dataset = dataset.shuffle(seed=seed, buffer_size=config.shuffle_buffer)
+    return dataset
+
+
+def _rank_share(dataset: IterableDataset, *, rank: int, world_size: int, epoch: int) -> IterableDataset:
     if world_size > 1:
-        if dataset.num_shards % world_size:
-            logger.warning(
-                "the stream has %d shards, not a multiple of the world size %d: every rank reads every shard",
-                dataset.num_shards,
-                world_size,
-            )
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
     dataset.set_epoch(epoch)
     return dataset
+
+
+def mixed_documents(
+    config: DataConfig,
+    *,
+    rank: int,
+    world_size: int,
+    seed: int,
+    epoch: int = 0,
+    synthetic_files: list[str] | None = None,
+) -> IterableDataset:
+    """The document stream of one rank: sources interleaved by probability, shuffled (if configured), split by rank.
+
+    Mixing follows `interleave_datasets(..., stopping_strategy="all_exhausted")`: each document comes from source k
+    with probability p_k (normalised); a source that runs out restarts until every source has been seen in full.
+    Ranks get disjoint documents (`split_dataset_by_node`: whole shards per rank when the world size divides the
+    number of shards, else every world_size-th document, which reads all shards on every rank; see
+    `shard_split_note`).
+    """
+    dataset = _unsplit_documents(config, seed=seed, synthetic_files=synthetic_files)
+    return _rank_share(dataset, rank=rank, world_size=world_size, epoch=epoch)
 
 
 class PackedTokenStream:
@@ -226,7 +244,11 @@ class PackedTokenStream:
         self._open_kwargs = dict(rank=rank, world_size=world_size, seed=seed, synthetic_files=synthetic_files)
         self.epoch = 0
         self._buffer: list[int] = []
-        self._dataset = mixed_documents(config, epoch=0, **self._open_kwargs)
+        dataset = _unsplit_documents(config, seed=seed, synthetic_files=synthetic_files)
+        note = shard_split_note(dataset.num_shards, world_size)
+        if note is not None and rank == 0:  # the same on every rank: said once, when the stream is set up
+            logger.warning(note)
+        self._dataset = _rank_share(dataset, rank=rank, world_size=world_size, epoch=0)
         self._iterator = None
 
     def next_document(self) -> str:
@@ -278,5 +300,6 @@ __all__ = [
     "diagnose_sources",
     "mixed_documents",
     "open_source",
+    "shard_split_note",
     "synthetic_corpus_files",
 ]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .eval.checkpoint import load_checkpoint, resolve_checkpoint
+from .eval.checkpoint import DTYPES, NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
 from .file_checks import CheckpointError
 from .losses_quietstar import look_ahead_scores
 
@@ -138,26 +138,56 @@ def format_html(report: ThoughtReport, title: str) -> str:
     )
 
 
-def main(argv=None) -> ThoughtReport:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m quietstar.inspect", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint")
+    parser.add_argument(
+        "checkpoint",
+        help="quietstar checkpoint directory (or hub model id) with its tokenizer, e.g. outputs/tiny/final",
+    )
     parser.add_argument(
         "--text", required=True,
-        help="the text to inspect; in bash, $'...' quoting passes a real newline: $'Q: 1 + 1 = ?\\nA: 2'",
+        help="the text to inspect (required); in bash, $'...' quoting passes a real newline: $'Q: 1 + 1 = ?\\nA: 2'",
     )
-    parser.add_argument("--html", type=Path, default=Path("thoughts.html"), help="where to write the heatmap")
-    parser.add_argument("--thought-temperature", type=float, default=0.0, help="0 = greedy thoughts")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--html",
+        type=Path,
+        default=Path("thoughts.html"),
+        help="where to write the heatmap page (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--thought-temperature", type=float, default=0.0,
+        help="thought sampling temperature: 0 picks the most likely token (greedy thoughts), 1.0 samples from the "
+        "model's distribution (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the thought sampling when --thought-temperature > 0 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device", default="auto",
+        help="torch device to run on (cpu, cuda, cuda:1, ...); auto takes CUDA when available (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", *DTYPES],
+        help="weight dtype; auto is bfloat16 on CUDA and float32 otherwise (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.thought_temperature < 0:
         parser.error("--thought-temperature must be >= 0")
+    return args
+
+
+def main(argv=None) -> ThoughtReport:
+    args = parse_args(argv)
     try:
         model, tokenizer = load_checkpoint(
             resolve_checkpoint(args.checkpoint), args.device, args.dtype,
             inference_thought_temperature=args.thought_temperature,
         )
+    except NotQuietStarCheckpointError as error:
+        raise SystemExit(f"error: checkpoint: {error}, so it has no thoughts to inspect") from None
     except CheckpointError as error:
         raise SystemExit(f"error: checkpoint: {error}") from None
     torch.manual_seed(args.seed)

@@ -11,7 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from quietstar.data import DataSourceError, PackedTokenStream, mixed_documents, synthetic_corpus_files
+from quietstar.data import (
+    DataSourceError,
+    PackedTokenStream,
+    mixed_documents,
+    shard_split_note,
+    synthetic_corpus_files,
+)
 from quietstar.synthetic import write_synthetic_corpus
 from quietstar.training.config import ConfigError, DataConfig, DataSourceConfig, SyntheticCorpusConfig
 
@@ -184,3 +190,24 @@ def test_train_py_reports_a_bad_data_file_in_one_line(tmp_path):
         f"train.py: error: data.sources.0 ('json', {bad}): {bad} line 2 is not valid JSON: "
         "Expecting ',' delimiter (column 15)"
     )
+
+
+def test_uneven_shards_are_explained_once_by_rank_0(tmp_path, mistral_tokenizer, caplog):
+    # 1 shard over 2 ranks: every rank reads all of it, but the documents are still split; rank 0 says so once,
+    # also when the stream position is then restored.
+    assert shard_split_note(1, 2) == (
+        "the data stream has 1 shard(s), not a multiple of the world size 2: each rank reads the whole stream and keeps "
+        "one document in 2, so the ranks train on disjoint documents and only the reading is repeated on every rank; "
+        "with a multiple of 2 shards (data.synthetic.n_shards for the generated corpus) each rank reads only its own "
+        "shards"
+    )
+    assert shard_split_note(4, 2) is None and shard_split_note(3, 1) is None
+    _write_jsonl(tmp_path / "one.jsonl", [f"doc {i}" for i in range(40)])
+    config = DataConfig(sources=[DataSourceConfig(path="json", data_files=str(tmp_path / "one.jsonl"))], seq_len=8)
+    with caplog.at_level("WARNING", logger="quietstar.data"):
+        streams = [PackedTokenStream(config, mistral_tokenizer, rank=rank, world_size=2) for rank in range(2)]
+        for stream in streams:
+            stream.load_state_dict(stream.state_dict())
+    assert [record.getMessage() for record in caplog.records] == [shard_split_note(1, 2)]
+    documents = [{stream.next_document() for _ in range(5)} for stream in streams]
+    assert not documents[0] & documents[1]  # disjoint documents: the reading is repeated, the data is not

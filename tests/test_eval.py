@@ -5,7 +5,10 @@ import shutil
 
 import pytest
 import torch
-from tiny_checkpoint import save_tiny_checkpoint
+from transformers import AutoTokenizer
+
+import quietstar
+from tiny_checkpoint import save_tiny_base_checkpoint, save_tiny_checkpoint
 
 from quietstar.eval import EvalSettings, evaluate_task, load_examples, score_examples, whitelist_token_ids
 from quietstar.eval.__main__ import main as eval_main
@@ -215,3 +218,33 @@ def test_truncated_weights_name_the_file(fixtures, tmp_path):
         load_checkpoint(str(damaged))
     message = _cli_error([str(damaged), "--tasks", "gsm8k", "--gsm8k", str(files["gsm8k"])])
     assert message == f"error: checkpoint: {weights} is truncated: its header describes {size} bytes, the file has {size // 2}"
+
+
+def test_a_base_checkpoint_is_scored_as_it_is_in_base_mode(fixtures, tmp_path):
+    # A plain Llama checkpoint (no Quiet-STaR parts) scores in --modes base exactly as the same weights loaded as a
+    # Quiet-STaR model with thinking off; asking it to think is one line naming the checkpoint and its model_type.
+    _, files = fixtures
+    base = save_tiny_base_checkpoint(tmp_path / "llama")
+    output = tmp_path / "base.json"
+    data = ["--gsm8k", str(files["gsm8k"]), "--csqa", str(files["csqa"])]
+    eval_main([str(base), *data, "--modes", "base", "--output", str(output)])
+    report = json.loads(output.read_text())
+    assert report["model_config"]["model_type"] == "llama" and report["settings"]["modes"] == ["base"]
+
+    model = quietstar.from_base(str(base), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    quietstar.add_thought_tokens(model, tokenizer)
+    for task in ("gsm8k", "csqa"):
+        examples = load_examples(task, str(files[task]))
+        expected = evaluate_task(model.eval(), tokenizer, task, examples, thinking=False)
+        assert report["results"][task].keys() == {"source", "base"}
+        for key, value in expected.items():
+            assert report["results"][task]["base"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (task, key)
+
+    assert _cli_error([str(base), *data, "--output", str(output)]) == (
+        f"error: checkpoint: {base} is not a quietstar checkpoint: its config has model_type 'llama'; score it "
+        "without thinking with --modes base"
+    )
+    plain, plain_tokenizer = load_checkpoint(str(base), plain=True)
+    with pytest.raises(ValueError, match=r"^thinking needs a Quiet-STaR model; LlamaForCausalLM is a plain causal LM"):
+        score_examples(plain, plain_tokenizer, "gsm8k", load_examples("gsm8k", str(files["gsm8k"])), thinking=True)

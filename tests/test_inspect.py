@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_checkpoint import save_tiny_checkpoint
+from tiny_checkpoint import save_tiny_base_checkpoint, save_tiny_checkpoint
 
 from quietstar.eval.checkpoint import load_checkpoint
 from quietstar.inspect import decode_after, inspect_text, main, token_texts
@@ -92,3 +92,42 @@ def test_a_missing_checkpoint_is_one_line(tmp_path):
 
     with pytest.raises(SystemExit, match=r"^error: checkpoint: no such directory: .*nope$"):
         main([str(tmp_path / "nope"), "--text", "1 + 1 = 2"])
+
+
+def test_help_explains_every_argument_with_its_default(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per argument
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = {
+        "checkpoint": "quietstar checkpoint directory",
+        "--text TEXT": "(required)",
+        "--html HTML": "(default: thoughts.html)",
+        "--thought-temperature THOUGHT_TEMPERATURE": "(default: 0.0)",
+        "--seed SEED": "(default: 0)",
+        "--device DEVICE": "(default: auto)",
+        "--dtype {auto,float32,bfloat16,float16}": "(default: auto)",
+    }
+    entries = []  # one per argument: its name line and the help lines under it
+    for line in lines[lines.index("positional arguments:") :]:
+        if line.startswith("   ") and entries:
+            entries[-1] += " " + line.strip()
+        elif line.startswith("  "):
+            entries.append(line.strip())
+    entries = [entry for entry in entries if not entry.startswith("-h, --help")]
+    assert len(entries) == len(expected), entries
+    for name, shown in expected.items():
+        entry = next(entry for entry in entries if entry.startswith(name + " "))
+        assert shown in entry and len(entry[len(name) :].strip()) > len(shown) + 10, entry  # help beyond the default
+
+
+def test_a_base_checkpoint_is_one_line(tmp_path):
+    base = save_tiny_base_checkpoint(tmp_path / "llama")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(base), "--text", "1 + 1 = 2", "--html", str(tmp_path / "thoughts.html")])
+    assert exit_info.value.code == (
+        f"error: checkpoint: {base} is not a quietstar checkpoint: its config has model_type 'llama', so it has no "
+        "thoughts to inspect"
+    )
+    assert not (tmp_path / "thoughts.html").exists()

@@ -4,6 +4,7 @@ checkpoints, a full disk, and 2-rank gradients against one process."""
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +126,23 @@ def test_kill_and_resume_reproduces_the_losses(uninterrupted, tmp_path):
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 
+def test_resume_with_an_allowed_config_change_records_it(uninterrupted, tmp_path):
+    # (Refusing the change without --allow-config-change, and resuming a finished run: tests/test_run_directory.py.)
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    changed = ["--train.max_steps=7", "--resume", "--model.quietstar.n_thought_tokens=5"]
+    # Allowed: training continues from step 6 with thoughts of 5 tokens, and the run's history says so.
+    _train(run, *changed, "--allow-config-change")
+    records = [json.loads(line) for line in (run / "config_changes.jsonl").read_text().splitlines()]
+    assert records == [
+        {"step": 6, "field": "model.quietstar.n_thought_tokens", "old": 4, "new": 5},
+        {"step": 6, "field": "train.max_steps", "old": 6, "new": 7},
+    ]
+    assert load_config(run / "config.yaml").model.quietstar["n_thought_tokens"] == 5
+    assert [r["step"] for r in _records(run)] == [1, 2, 3, 4, 5, 6, 7]
+    assert json.loads((run / "final" / "config.json").read_text())["n_thought_tokens"] == 5
+
+
 @pytest.mark.parametrize("n_ranks", [2, 4])
 def test_torchrun_trains_the_tiny_config_as_shipped(tmp_path, n_ranks):
     # FSDP2 on gloo with the tiny config's batch sizes: 4 sequences per step are 2 or 1 per rank. The 2-rank run goes
@@ -137,6 +155,9 @@ def test_torchrun_trains_the_tiny_config_as_shipped(tmp_path, n_ranks):
         flags = ["--overwrite"]
     result = _train(tmp_path, "--train.max_steps=2", *flags, launcher=_torchrun(n_ranks), small=TINY_AS_SHIPPED)
     assert f"{n_ranks} rank(s) on cpu, 1 micro-batch(es) of {4 // n_ranks} per step" in result.stderr
+    # The generated corpus has 2 shards: 4 ranks each read both (and keep their own documents), said once by rank 0.
+    shard_notes = [line for line in result.stderr.splitlines() if "the data stream has 2 shard(s)" in line]
+    assert [note.split("]")[0][-6:] for note in shard_notes] == (["rank 0"] if n_ranks == 4 else [])
     assert [r["step"] for r in _records(tmp_path)] == [1, 2]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002"]
     assert (tmp_path / "checkpoints" / "step_00000002" / "state" / ".metadata").is_file()

@@ -95,9 +95,11 @@ def test_tiny_config_runs_on_1_2_and_4_ranks():
 
 def test_command_line():
     train = _train_module()
-    config, overwrite = train.parse_args(["--output-dir", "somewhere", "--resume", "--train.max_steps=3"])
+    argv = ["--output-dir", "somewhere", "--resume", "--train.max_steps=3"]
+    config, overwrite, allow_config_change = train.parse_args(argv)
     assert (config.output_dir, config.checkpoint.resume, config.train.max_steps) == ("somewhere", True, 3)
-    assert overwrite is False
+    assert overwrite is False and allow_config_change is False
+    assert train.parse_args(["--resume", "--allow-config-change"])[2] is True
     assert config.model.tokenizer == "builtin-mistral"  # the tiny default
     assert train.parse_args(["--overwrite"])[1] is True
     with pytest.raises(ConfigError, match="unknown config key 'train.nope'"):

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from tiny import FAMILY_FIELDS
+from tiny_checkpoint import save_tiny_base_checkpoint
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import quietstar
-from quietstar.training.config import ConfigError, load_config
+from quietstar.training.config import ConfigError, ModelConfig, load_config
+from quietstar.training.model import build_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
@@ -68,6 +70,22 @@ def test_a_checkpoint_of_an_unsupported_family_is_refused_in_one_line(tmp_path):
         f"train.py: error: model.name_or_path {base}: model_type 'gpt2' is not supported by quietstar "
         "(supported families: mistral, llama, qwen2, qwen3)"
     )
+    assert not (tmp_path / "run").exists()
+
+
+def test_quietstar_field_errors_name_the_config_class_of_the_family_in_use(tmp_path):
+    base = save_tiny_base_checkpoint(tmp_path / "llama")
+    message = r"^model\.quietstar/model\.architecture: {}\.n_thought_tokens must be an integer >= 3, got 2$"
+    too_short = "model.quietstar.n_thought_tokens=2"
+    # A local Llama checkpoint: its family is read from its config.json while the config is checked.
+    with pytest.raises(ConfigError, match=message.format("QuietStarLlamaConfig")):
+        load_config(REPO / "configs" / "tiny.yaml", [f"model.name_or_path={base}", "model.architecture={}", too_short])
+    with pytest.raises(ConfigError, match=message.format("QuietStarQwen3Config")):
+        load_config(REPO / "configs" / "tiny.yaml", ["model.family=qwen3", too_short])
+    # A checkpoint whose config is only read when the model is built (a hub id) is checked there.
+    model_config = ModelConfig(name_or_path=str(base), quietstar={"n_thought_tokens": 2})
+    with pytest.raises(ConfigError, match=message.format("QuietStarLlamaConfig")):
+        build_model(model_config, load_tokenizer(model_config), seed=0)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,12 @@
 """`python -m quietstar.eval CHECKPOINT`: zero-shot GSM8K and CommonsenseQA as the Quiet-STaR paper scored them.
 
 Writes a JSON file with the scores per task and mode (thinking / base), the evaluation settings, the absolute paths
-of the checkpoint and the data files (hub ids as given) and the model config. Examples:
+of the checkpoint and the data files (hub ids as given) and the model config. A plain base checkpoint (the model a
+run started from) has no thoughts; `--modes base` scores it as it is, for comparison. Examples:
 
     python -m quietstar.eval outputs/tiny/final --limit 200
     python -m quietstar.eval CKPT --tasks gsm8k --gsm8k data/gsm8k_test.jsonl --thought-temperature 0
+    python -m quietstar.eval BASE_CHECKPOINT --modes base --limit 200
 """
 
 import argparse
@@ -15,7 +17,7 @@ from pathlib import Path
 import quietstar
 
 from ..file_checks import CheckpointError
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
 from .scoring import LOCAL_FORMATS, TASKS, EvalDataError, EvalSettings, evaluate_task, load_examples, local_data_file
 
 MODES = {"thinking": True, "base": False}
@@ -31,7 +33,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         + "; ".join(f"{name}: {spec.fields_help}" for name, spec in TASKS.items())
         + ".",
     )
-    parser.add_argument("checkpoint", help="checkpoint directory (or hub model id) with its tokenizer")
+    parser.add_argument(
+        "checkpoint",
+        help="checkpoint directory (or hub model id) with its tokenizer: a quietstar checkpoint, or with --modes base "
+        "also the base model it started from",
+    )
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["gsm8k", "csqa"])
     for name, spec in TASKS.items():
         parser.add_argument(
@@ -66,6 +72,8 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return evaluate(args)
+    except NotQuietStarCheckpointError as error:
+        raise SystemExit(f"error: checkpoint: {error}; score it without thinking with --modes base") from None
     except CheckpointError as error:
         raise SystemExit(f"error: checkpoint: {error}") from None
     except EvalDataError as error:
@@ -77,7 +85,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     checkpoint = resolve_checkpoint(args.checkpoint)
     examples = {task: load_examples(task, getattr(args, task), args.limit) for task in args.tasks}
     model, tokenizer = load_checkpoint(
-        checkpoint, args.device, args.dtype, inference_thought_temperature=args.thought_temperature
+        checkpoint,
+        args.device,
+        args.dtype,
+        plain="thinking" not in args.modes,  # a base checkpoint is scored as it is
+        inference_thought_temperature=args.thought_temperature,
     )
     settings = EvalSettings(batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
     results = {}

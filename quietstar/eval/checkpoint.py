@@ -5,11 +5,17 @@ from pathlib import Path
 import torch
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..file_checks import CheckpointError, check_weight_files
+from ..thinking_config import QuietStarConfigMixin
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class NotQuietStarCheckpointError(CheckpointError):
+    """A checkpoint of a plain causal LM (a base model) where thinking needs a Quiet-STaR one; the message names the
+    checkpoint and its `model_type`."""
 
 
 def could_be_hub_id(name: str) -> bool:
@@ -42,13 +48,15 @@ def resolve_checkpoint(checkpoint: str | Path) -> str:
 
 
 def load_checkpoint(
-    checkpoint: str | Path, device: str = "auto", dtype: str = "auto", **config_overrides
+    checkpoint: str | Path, device: str = "auto", dtype: str = "auto", *, plain: bool = False, **config_overrides
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load `checkpoint` (a directory or hub id with a tokenizer) in eval mode.
 
     `device` "auto" picks CUDA when available; `dtype` "auto" is bfloat16 on CUDA and float32 elsewhere.
-    `config_overrides` set config fields (for example `inference_thought_temperature=1.0`). Raises `CheckpointError`
-    (see `resolve_checkpoint`) naming the directory or file when the checkpoint cannot be loaded.
+    `config_overrides` set Quiet-STaR config fields (for example `inference_thought_temperature=1.0`). A checkpoint of
+    a plain causal LM (a base model, no Quiet-STaR config) raises `NotQuietStarCheckpointError` unless `plain` allows
+    it; it is then loaded as its plain transformers class, without `config_overrides`. Raises `CheckpointError` (see
+    `resolve_checkpoint`) naming the directory or file when the checkpoint cannot be loaded.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -57,15 +65,28 @@ def load_checkpoint(
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
     source = resolve_checkpoint(checkpoint)
-    local = Path(source).is_dir()
+    try:
+        config = AutoConfig.from_pretrained(source)  # ValueError: a model_type transformers does not know
+    except (OSError, ValueError) as error:
+        raise _load_error(source, error) from error
+    if not isinstance(config, QuietStarConfigMixin):
+        if not plain:
+            raise NotQuietStarCheckpointError(
+                f"{source} is not a quietstar checkpoint: its config has model_type {config.model_type!r}"
+            )
+        config_overrides = {}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **config_overrides)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if local:
-            raise CheckpointError(f"cannot load the checkpoint {source}: {reason}") from error
-        raise CheckpointError(
-            f"no such directory: {Path(source).absolute()}, and no hub model {source!r} could be loaded: {reason}"
-        ) from error
+        raise _load_error(source, error) from error
     return model.to(device).eval(), tokenizer
+
+
+def _load_error(source: str, error: Exception) -> CheckpointError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if Path(source).is_dir():
+        return CheckpointError(f"cannot load the checkpoint {source}: {reason}")
+    return CheckpointError(
+        f"no such directory: {Path(source).absolute()}, and no hub model {source!r} could be loaded: {reason}"
+    )

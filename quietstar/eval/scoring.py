@@ -9,6 +9,7 @@ from datasets import load_dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..file_checks import text_file_problem
+from ..thinking_config import QuietStarConfigMixin
 from .checkpoint import could_be_hub_id
 
 logger = logging.getLogger(__name__)
@@ -221,12 +222,19 @@ def score_examples(
     """Score `(prompt, answer)` pairs; one dict per example with `paper_score`, `whitelist_argmax`, `argmax`.
 
     Examples are batched by length (right padding, the reference's side) and run through `model(...)` in eval mode
-    with `thinking` on or off; with thinking every position's logits are thought-mixed.
+    with `thinking` on or off; with thinking every position's logits are thought-mixed. `model` is a Quiet-STaR model
+    or, with `thinking=False`, also a plain causal LM (a base checkpoint, scored as it is).
     """
     spec = _task(task)
     whitelist = torch.tensor(whitelist_token_ids(tokenizer, task))
     config = model.config
-    meta_ids = [i for i in (config.start_thought_token_id, config.end_thought_token_id) if i is not None]
+    quietstar_model = isinstance(config, QuietStarConfigMixin)
+    if thinking and not quietstar_model:
+        raise ValueError(f"thinking needs a Quiet-STaR model; {type(model).__name__} is a plain causal LM")
+    meta_ids, thinking_option = [], {}
+    if quietstar_model:
+        meta_ids = [i for i in (config.start_thought_token_id, config.end_thought_token_id) if i is not None]
+        thinking_option = {"thinking": thinking}
     encoded = [_encode(tokenizer, prompt, answer, settings.max_length) for prompt, answer in examples]
     order = sorted(range(len(encoded)), key=lambda k: len(encoded[k][0]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -243,7 +251,7 @@ def score_examples(
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
         logits = model(
-            input_ids.to(device), attention_mask=attention_mask.to(device), thinking=thinking, use_cache=False
+            input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False, **thinking_option
         ).logits.float().cpu()
         if meta_ids:
             logits[..., meta_ids] = float("-inf")

@@ -7,6 +7,7 @@ raises `ConfigError` naming the key.
 """
 
 import dataclasses
+import json
 import re
 import types
 import typing
@@ -16,7 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from ..families import FAMILIES, family_of
+from ..eval.checkpoint import could_be_hub_id
+from ..families import FAMILIES, Family, family_of
 from ..thinking_config import QuietStarConfigMixin
 
 BUILTIN_MISTRAL_TOKENIZER = "builtin-mistral"
@@ -187,7 +189,11 @@ class CheckpointConfig:
         resume: Continue the run in `output_dir` from its latest complete checkpoint in `<output_dir>/checkpoints`
             (from step 0 when there is none); the records of `metrics.jsonl` past that checkpoint are dropped. Same as
             `--resume` on the command line. Without it (or `--overwrite`), training refuses an `output_dir` that
-            already holds a run.
+            already holds a run. The run's settings (model, Quiet-STaR fields, data, optimisation, batch) must be
+            those of its `config.yaml` unless `--allow-config-change` is given, which records each change in
+            `<output_dir>/config_changes.jsonl`; how the run is carried out (device, activation checkpointing,
+            checkpoints, logging) may change freely (see `quietstar/training/resume.py`). A finished run (latest
+            checkpoint at `train.max_steps`, final model written) has nothing to do.
         export_dtype: Dtype of the weights in HF exports.
     """
 
@@ -355,6 +361,8 @@ def validate(config: JobConfig) -> None:
     families = [family.base_model_type for family in FAMILIES]
     if model.family not in families:
         raise ConfigError(f"model.family must be one of {families}, got {model.family!r}")
+    if model.architecture and model.name_or_path is not None:
+        raise ConfigError("model.architecture only applies to a random-initialised model (model.name_or_path: null)")
     family_config = family_of(model.family).config_class
     family_fields = {f.name for f in dataclasses.fields(family_config)}
     for key in model.architecture:
@@ -363,14 +371,14 @@ def validate(config: JobConfig) -> None:
     for key in model.quietstar:
         if key not in _QUIETSTAR_FIELDS:
             raise ConfigError(f"unknown config key 'model.quietstar.{key}': not a Quiet-STaR field (QuietStarConfigMixin)")
-    if model.architecture and model.name_or_path is not None:
-        raise ConfigError("model.architecture only applies to a random-initialised model (model.name_or_path: null)")
     if model.name_or_path is None and model.tokenizer is None:
         raise ConfigError("model.tokenizer must be set when model.name_or_path is null (e.g. 'builtin-mistral')")
-    try:
-        family_config(**{**model.architecture, **model.quietstar})
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"model.quietstar/model.architecture: {error}") from None
+    for key, name in (("model.name_or_path", model.name_or_path), ("model.tokenizer", model.tokenizer)):
+        if name not in (None, BUILTIN_MISTRAL_TOKENIZER) and not Path(name).exists() and not could_be_hub_id(name):
+            raise ConfigError(f"{key}: no such directory: {Path(name).absolute()} (and not a hub id)")
+    family = family_of(model.family) if model.name_or_path is None else _local_checkpoint_family(model.name_or_path)
+    if family is not None:  # else the checkpoint is on the hub: `build_model` checks the fields once it has its config
+        check_model_fields(model, family)
 
     if not data.sources:
         raise ConfigError("data.sources must list at least one source")
@@ -405,6 +413,29 @@ def validate(config: JobConfig) -> None:
     peak = config.logging.peak_flops_per_device
     if peak is not None and not peak > 0:
         raise ConfigError(f"logging.peak_flops_per_device must be > 0, got {peak}")
+
+
+def check_model_fields(model: ModelConfig, family: Family) -> None:
+    """Raise `ConfigError` naming the family's config class and the field when `model.quietstar` (and
+    `model.architecture`) hold a value that the config of the model's `family` refuses."""
+    try:
+        family.config_class(**{**model.architecture, **model.quietstar})
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"model.quietstar/model.architecture: {error}") from None
+
+
+def _local_checkpoint_family(name_or_path: str) -> Family | None:
+    """The family named by the `model_type` in the `config.json` of the local checkpoint directory `name_or_path`;
+    None when it has none to read (a hub id). Raises `ConfigError` for a `model_type` of no supported family."""
+    config_file = Path(name_or_path) / "config.json"
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):  # no such file, or not a JSON object: loading the model says so
+        return None
+    try:
+        return family_of(str(model_type), f"model.name_or_path {name_or_path}")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _positive(value: int, key: str, minimum: int = 1) -> None:

@@ -12,7 +12,7 @@ from ..file_checks import check_weight_files
 from ..meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT, add_thought_tokens
 from ..thinking_model import QuietStarModelMixin
 from ..tokenizer import forget_load_options, load_mistral_tokenizer
-from .config import BUILTIN_MISTRAL_TOKENIZER, ConfigError, ModelConfig
+from .config import BUILTIN_MISTRAL_TOKENIZER, ConfigError, ModelConfig, check_model_fields
 from .parallel import World, apply_fsdp, materialize_from_rank0
 
 
@@ -60,6 +60,7 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: i
             family = family_of(base_config.model_type, f"model.name_or_path {config.name_or_path}")
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        check_model_fields(config, family)  # loading with overrides would not check them
         if base_config.model_type == family.model_type:
             model = family.model_class.from_pretrained(config.name_or_path, dtype=torch.float32, **config.quietstar)
         else:

@@ -9,8 +9,11 @@ from pathlib import Path
 
 # Written by every run; one of them is enough to call the directory a run's.
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "final")
-# What else a run writes there: temporary and replaced copies of the final export and of `metrics.jsonl`, wandb's files.
-_RUN_EXTRAS = (".tmp-final", ".old-final", ".tmp-metrics.jsonl", "wandb")
+# The changes made to the run's config by resumes (see `resume.py`).
+CONFIG_CHANGES = "config_changes.jsonl"
+# What else a run writes there: temporary and replaced copies of the final export, `metrics.jsonl` and `config.yaml`,
+# wandb's files, the record of config changes.
+_RUN_EXTRAS = (".tmp-final", ".old-final", ".tmp-metrics.jsonl", ".tmp-config.yaml", "wandb", CONFIG_CHANGES)
 # The generated corpus at its default place (`data.synthetic.directory: null`), and its copy while being written.
 _DEFAULT_SYNTHETIC_CORPUS = ("synthetic_corpus", ".tmp-synthetic_corpus")
 
