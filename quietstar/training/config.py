@@ -380,10 +380,10 @@ def validate(config: JobConfig) -> None:
     if model.architecture and model.name_or_path is not None:
         raise ConfigError("model.architecture only applies to a random-initialised model (model.name_or_path: null)")
     if model.gguf_file is not None:
-        if model.name_or_path is None:
-            raise ConfigError("model.gguf_file needs model.name_or_path: the directory (or hub id) that holds the file")
         if not model.gguf_file.endswith(".gguf"):
             raise ConfigError(f"model.gguf_file must name a .gguf file, got {model.gguf_file!r}")
+        if model.name_or_path is None:
+            raise ConfigError("model.gguf_file needs model.name_or_path: the directory (or hub id) that holds the file")
     if model.name_or_path is not None and model.name_or_path.startswith(INSTALLED_PACKAGE_PREFIX):
         package = model.name_or_path[len(INSTALLED_PACKAGE_PREFIX):]
         if not package.isidentifier():
