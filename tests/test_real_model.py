@@ -5,6 +5,7 @@ texts. Skipped when the GGUF is not installed (`bash scripts/setup_env.sh` insta
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 import quietstar
 from quietstar.training.config import ModelConfig
@@ -68,7 +69,7 @@ def oracle_logits(model, context: list[int], thought: list[int]) -> torch.Tensor
     return model.lm_head(mixed)[:BASE_VOCAB]
 
 
-def test_the_gguf_base_gets_meta_tokens_from_one_bpe_token_and_left_padding(smollm2):
+def test_the_gguf_base_gets_meta_tokens_from_one_bpe_token_and_left_padding(smollm2, tmp_path):
     model, tokenizer = smollm2
     dash = tokenizer.encode("---", add_special_tokens=False)
     assert len(dash) == 1  # "---" is one BPE token here
@@ -77,9 +78,11 @@ def test_the_gguf_base_gets_meta_tokens_from_one_bpe_token_and_left_padding(smol
     embeddings = model.get_input_embeddings().weight
     assert model.lm_head.weight.data_ptr() == embeddings.data_ptr()  # still tied after growing the table
     torch.testing.assert_close(
-        model.thought_embeddings(), embeddings[dash[0]].expand(2, -1), rtol=0, atol=0
+        model.thought_embeddings(), embeddings[dash[0]].expand(2, -1), rtol=1e-6, atol=1e-7
     )
-    assert tokenizer.padding_side == "left"
+    tokenizer.save_pretrained(tmp_path)  # as train.py saves it with every checkpoint; the GGUF's own pads on the right
+    assert AutoTokenizer.from_pretrained(tmp_path).padding_side == "left"
+    assert AutoTokenizer.from_pretrained(DIRECTORY, gguf_file=GGUF_FILE).padding_side == "right"
     assert type(model) is quietstar.QuietStarLlamaForCausalLM and model.config.num_hidden_layers == 30
 
 

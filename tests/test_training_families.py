@@ -57,6 +57,19 @@ def test_training_from_a_base_llama_checkpoint_exports_a_llama_quietstar_model(t
     assert AutoTokenizer.from_pretrained(final).padding_side == "left"  # for batched generation from the checkpoint
 
 
+def test_a_tokenizer_that_pads_on_the_right_is_saved_padding_on_the_left(tmp_path):
+    """Checkpoints are for decoder-only generation; some bases (SmolLM2) save right padding."""
+    source = quietstar.load_mistral_tokenizer()
+    source.padding_side = "right"
+    source.init_kwargs["padding_side"] = "right"
+    source.save_pretrained(tmp_path / "right")
+    assert AutoTokenizer.from_pretrained(tmp_path / "right").padding_side == "right"
+    config = load_config(REPO / "configs" / "tiny.yaml", [f"model.tokenizer={tmp_path / 'right'}"])
+    tokenizer = load_tokenizer(config.model)
+    tokenizer.save_pretrained(tmp_path / "saved")
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved").padding_side == "left"
+
+
 @pytest.mark.parametrize(
     ("name_or_path", "message"),
     [
