@@ -8,7 +8,8 @@
 # --train.max_steps=5).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# TQDM_DISABLE: transformers' GGUF dequantisation draws a tqdm bar of its own, which train.py cannot switch off.
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
 output_dir=outputs/smollm2
 fresh=(--overwrite)
 previous=""

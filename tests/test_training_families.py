@@ -73,7 +73,7 @@ def test_a_tokenizer_that_pads_on_the_right_is_saved_padding_on_the_left(tmp_pat
 @pytest.mark.parametrize(
     ("name_or_path", "message"),
     [
-        ("/no/such/dir", "model.name_or_path /no/such/dir: no such directory: /no/such/dir"),
+        ("/no/such/dir", "no such directory: /no/such/dir"),
         ("package:no_such_package_q8", "model.name_or_path package:no_such_package_q8: the Python package "
          "'no_such_package_q8' is not installed"),
     ],
@@ -91,7 +91,7 @@ def test_a_gguf_file_missing_from_its_directory_is_one_line(tmp_path):
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"train.py: error: model.name_or_path {tmp_path}: no GGUF file 'model.gguf' in {tmp_path}"
+        f"train.py: error: no GGUF file 'model.gguf' in {tmp_path}"
     )
 
 

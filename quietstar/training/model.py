@@ -8,7 +8,7 @@ import torch.distributed as dist
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..families import family_of, from_base, installed_package_directory
-from ..file_checks import CheckpointError, check_base_source
+from ..file_checks import check_base_source
 from ..meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT, add_thought_tokens
 from ..thinking_model import QuietStarModelMixin
 from ..tokenizer import forget_load_options, load_mistral_tokenizer
@@ -19,16 +19,17 @@ from .parallel import World, apply_fsdp, materialize_from_rank0
 def model_source(config: ModelConfig) -> str:
     """`model.name_or_path` (set) as a directory or hub id, `package:<name>` resolved to the package's directory.
 
-    Raises `ConfigError` naming the field and the path when there is nothing to load there: a missing directory or
-    package, a directory without `config.json` (or without `model.gguf_file`), a damaged weights file.
+    Raises `CheckpointError` naming the path when there is nothing to load there (a missing directory, a directory
+    without `config.json` or without `model.gguf_file`, a damaged weights file) and `ConfigError` for a missing
+    package.
     """
     source = config.name_or_path
-    try:
-        if source.startswith(INSTALLED_PACKAGE_PREFIX):
+    if source.startswith(INSTALLED_PACKAGE_PREFIX):
+        try:
             source = str(installed_package_directory(source[len(INSTALLED_PACKAGE_PREFIX):]))
-        check_base_source(source, config.gguf_file)
-    except (FileNotFoundError, CheckpointError) as error:
-        raise ConfigError(f"model.name_or_path {config.name_or_path}: {error}") from None
+        except FileNotFoundError as error:
+            raise ConfigError(f"model.name_or_path {config.name_or_path}: {error}") from None
+    check_base_source(source, config.gguf_file)
     return source
 
 
