@@ -106,7 +106,13 @@ def from_base(
 
     Returns:
         the family's `QuietStar...ForCausalLM` with the base weights; call `add_thought_tokens(model, tokenizer)`
-        before thinking.
+        before thinking. Instead of transformers' load report (whose MISSING table would list the new parts), one
+        INFO line of the `quietstar.families` logger says which parts are new and how they start.
+
+    Raises:
+        CheckpointError: one line naming the path: no such directory (nor hub model), a directory without
+            `config.json` or without `gguf_file`, a damaged safetensors file, or weights that do not match the family.
+        ValueError: the base's `model_type` is not a supported family.
     """
     check_base_source(name_or_path, gguf_file)
     try:

@@ -141,7 +141,7 @@ class QuietStarGenerationMixin:
         cache.crop(context_length - cache.get_seq_length())
         return hidden[:, 0], torch.stack(tokens, dim=-1)
 
-    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, *args, **kwargs):
         """[`~GenerationMixin.generate`] that never emits the two meta tokens, in either mode.
 
         In thinking mode the model already gives them the lowest logit; with `thinking=False` the forward is exactly
@@ -156,7 +156,7 @@ class QuietStarGenerationMixin:
                 if listed is None and config is not None:
                     listed = config.suppress_tokens
             kwargs["suppress_tokens"] = sorted(set(listed or []) | meta_ids)
-        return super().generate(inputs, generation_config=generation_config, **kwargs)
+        return super().generate(inputs, generation_config, *args, **kwargs)
 
     @torch.no_grad()
     def generate_with_thoughts(self, inputs: torch.Tensor | None = None, **kwargs) -> QuietStarGenerateOutput:
