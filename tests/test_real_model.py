@@ -3,13 +3,15 @@
 language model. The model is loaded once for the module (about 20 s on 2 CPU cores); every check uses a few short
 texts. Skipped when the GGUF is not installed (`bash scripts/setup_env.sh` installs it)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 import quietstar
-from quietstar.training.config import ModelConfig
-from quietstar.training.model import build_model, load_tokenizer
+from quietstar.training.config import ModelConfig, load_config
+from quietstar.training.model import build_model, freeze_parameters, load_tokenizer
 
 try:
     DIRECTORY, GGUF_FILE = quietstar.smollm2_gguf()
@@ -136,3 +138,18 @@ def test_generate_never_emits_meta_tokens_and_cached_thinking_equals_fresh_forwa
         with torch.no_grad():
             embeddings[meta] = saved_rows
         model.generation_config.suppress_tokens = suppressed
+
+
+def test_the_main_job_trains_the_top_two_layers_the_final_norm_and_the_mixing_head(smollm2):
+    model, _ = smollm2
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "smollm2_135m.yaml")
+    try:
+        trained = freeze_parameters(model, config.train.trainable_parameters)
+        names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+        assert {name.split(".")[0] if name.startswith("mixing_head") else ".".join(name.split(".")[:3])
+                for name in names} == {"mixing_head", "model.layers.28", "model.layers.29", "model.norm.weight"}
+        assert trained == sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+        assert 7e6 < trained < 9e6  # of 135.5 M: backward stops at layer 28
+    finally:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
