@@ -150,6 +150,7 @@ def run(config: JobConfig, overwrite: bool, resumption: Resumption | None = None
         param_dtype=train.param_dtype,
         activation_checkpointing=train.activation_checkpointing,
         reshard_after_forward=train.reshard_after_forward,
+        trainable_parameters=train.trainable_parameters,
     )
     optimizer = build_optimizer(model, train, world.device)
     scheduler = build_scheduler(optimizer, train)
@@ -185,9 +186,11 @@ def run(config: JobConfig, overwrite: bool, resumption: Resumption | None = None
         os.replace(tmp_config, output_dir / "config.yaml")
     world.barrier()
     n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
-        "model: %.1fM parameters; thoughts of %d tokens, %d look-ahead tokens, %d thoughts per position",
+        "model: %.1fM parameters (%.1fM trained); thoughts of %d tokens, %d look-ahead tokens, %d thoughts per position",
         n_params / 1e6,
+        n_trainable / 1e6,
         model.config.n_thought_tokens,
         model.config.n_ahead_talk,
         model.config.n_thoughts,

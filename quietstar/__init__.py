@@ -12,7 +12,17 @@ from .configuration_quietstar import QuietStarConfig
 from .configuration_quietstar_llama import QuietStarLlamaConfig
 from .configuration_quietstar_qwen2 import QuietStarQwen2Config
 from .configuration_quietstar_qwen3 import QuietStarQwen3Config
-from .families import FAMILIES, config_from_base, family_of, from_base, smollm2_gguf
+from .families import (
+    FAMILIES,
+    NEW_PARTS_MESSAGE,
+    SMOLLM2_GGUF,
+    config_from_base,
+    family_of,
+    from_base,
+    installed_package_directory,
+    smollm2_gguf,
+)
+from .file_checks import CheckpointError
 from .meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT, add_thought_tokens
 from .modeling_quietstar import QuietStarForCausalLM
 from .modeling_quietstar_llama import QuietStarLlamaForCausalLM
@@ -33,7 +43,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "END_OF_THOUGHT",
+    "NEW_PARTS_MESSAGE",
+    "SMOLLM2_GGUF",
     "START_OF_THOUGHT",
+    "CheckpointError",
     "QuietStarCausalLMOutput",
     "QuietStarConfig",
     "QuietStarConfigMixin",
@@ -50,6 +63,7 @@ __all__ = [
     "config_from_base",
     "family_of",
     "from_base",
+    "installed_package_directory",
     "load_mistral_tokenizer",
     "smollm2_gguf",
 ]

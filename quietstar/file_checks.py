@@ -9,6 +9,9 @@ import json
 import struct
 from pathlib import Path
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
 _CHUNK_BYTES = 1 << 20
 
 
@@ -128,10 +131,45 @@ def check_weight_files(directory: str | Path) -> None:
         check_safetensors_file(directory / name)
 
 
+def could_be_hub_id(name: str) -> bool:
+    """Whether `name` has the form of a hub repository id (`name` or `namespace/name`); paths such as `./x`,
+    `/x` or `a/b/c` do not."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_base_source(name_or_path: str, gguf_file: str | None = None) -> None:
+    """Raise `CheckpointError` naming the path when a base model cannot be read from `name_or_path` (and `gguf_file`).
+
+    A directory must hold `config.json` and intact safetensors files, or the GGUF file `gguf_file`; a name that is
+    no directory must have the form of a hub id (whether the hub has it is found out when loading).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if gguf_file is not None:
+            if not (path / gguf_file).is_file():
+                raise CheckpointError(f"no GGUF file {gguf_file!r} in {path.resolve()}")
+            return
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path.resolve()} is not a model directory: it has no config.json")
+        check_weight_files(path)
+        return
+    if path.exists():
+        hint = " (pass its directory and its file name as gguf_file)" if path.suffix == ".gguf" else ""
+        raise CheckpointError(f"{path.resolve()} is a file, not a model directory{hint}")
+    if not could_be_hub_id(name_or_path):
+        raise CheckpointError(f"no such directory: {path.absolute()}")
+
+
 __all__ = [
     "CheckpointError",
+    "check_base_source",
     "check_safetensors_file",
     "check_weight_files",
+    "could_be_hub_id",
     "invalid_json_line",
     "invalid_utf8_offset",
     "text_file_problem",

@@ -141,6 +141,23 @@ class QuietStarGenerationMixin:
         cache.crop(context_length - cache.get_seq_length())
         return hidden[:, 0], torch.stack(tokens, dim=-1)
 
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, *args, **kwargs):
+        """[`~GenerationMixin.generate`] that never emits the two meta tokens, in either mode.
+
+        In thinking mode the model already gives them the lowest logit; with `thinking=False` the forward is exactly
+        the base model, so the meta tokens (trained or not) are added to `suppress_tokens` here, whatever
+        `generation_config` (the argument's or the model's, for example one built from a config without
+        `add_thought_tokens`) lists.
+        """
+        meta_ids = {self.config.start_thought_token_id, self.config.end_thought_token_id} - {None}
+        if meta_ids:
+            listed = kwargs.get("suppress_tokens")
+            for config in (generation_config, self.generation_config):
+                if listed is None and config is not None:
+                    listed = config.suppress_tokens
+            kwargs["suppress_tokens"] = sorted(set(listed or []) | meta_ids)
+        return super().generate(inputs, generation_config, *args, **kwargs)
+
     @torch.no_grad()
     def generate_with_thoughts(self, inputs: torch.Tensor | None = None, **kwargs) -> QuietStarGenerateOutput:
         """`generate(inputs, **kwargs)` that also returns the thought and mixing weight behind each generated token.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtualenv in .venv and install quietstar into it. Idempotent.
 # torch is installed as torch==2.13.0 when missing: an unpinned torch would pull several GB of CUDA wheels on a
-# CPU machine. Sourced by scripts/train_tiny.sh and scripts/test.sh.
+# CPU machine. Sourced by scripts/train_smollm2.sh, scripts/train_tiny.sh and scripts/test.sh.
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${QUIETSTAR_VENV:-$repo_root/.venv}"

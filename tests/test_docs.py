@@ -23,6 +23,7 @@ CLIS = {
     "python train.py": ("file", REPO_ROOT / "train.py"),
     "python -m quietstar.eval": ("module", "quietstar.eval.__main__"),
     "python -m quietstar.inspect": ("module", "quietstar.inspect"),
+    "python -m quietstar.generate": ("module", "quietstar.generate"),
     "python -m quietstar.convert_reference": ("module", "quietstar.convert_reference"),
     **{f"python benchmarks/{path.name}": ("file", path) for path in sorted((REPO_ROOT / "benchmarks").glob("*.py"))},
 }

@@ -1,10 +1,14 @@
 """What differs between families: unsupported families and attention features are refused, meta tokens are added
 correctly to tied and padded vocabularies (Llama 3.2 / Qwen style)."""
 
+import logging
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from tiny import FAMILY_FIELDS, tiny_config
-from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config
 
 import quietstar
 from quietstar import add_thought_tokens
@@ -83,3 +87,61 @@ def test_llama_tied_embeddings_stay_tied_and_train():
     output = model.train()(torch.randint(0, 32000, (1, 8)))
     output.loss.backward()
     assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def save_tiny_llama_base(directory) -> None:
+    fields = dict(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, **FAMILY_FIELDS["llama"],
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**fields)).save_pretrained(directory)
+
+
+@pytest.mark.parametrize(
+    ("where", "gguf_file", "message"),
+    [
+        ("/no/such/dir", None, "no such directory: /no/such/dir"),
+        ("base", "missing.gguf", "no GGUF file 'missing.gguf' in {tmp_path}/base"),
+        ("empty", None, "{tmp_path}/empty is not a model directory: it has no config.json"),
+        ("base/model.safetensors", None, "{tmp_path}/base/model.safetensors is a file, not a model directory"),
+        ("no-such-hub-model", None, "no such directory: {cwd}/no-such-hub-model, and no hub model 'no-such-hub-model' "
+         "could be loaded: "),
+    ],
+)
+def test_a_base_that_cannot_be_read_is_named_in_one_line(tmp_path, monkeypatch, where, gguf_file, message):
+    save_tiny_llama_base(tmp_path / "base")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    source = where if where.startswith("/") or where.startswith("no-such") else str(tmp_path / where)
+    with pytest.raises(quietstar.CheckpointError) as raised:
+        quietstar.from_base(source, gguf_file=gguf_file)
+    text = str(raised.value)
+    assert "\n" not in text
+    assert text.startswith(message.format(tmp_path=tmp_path.resolve(), cwd=tmp_path))
+
+
+def test_from_base_says_in_one_line_which_parts_are_new_instead_of_a_missing_table(tmp_path, caplog, capfd):
+    save_tiny_llama_base(tmp_path)
+    with caplog.at_level(logging.INFO, logger="quietstar"):
+        quietstar.from_base(str(tmp_path))
+    assert "MISSING" not in capfd.readouterr().err  # transformers' load report would list the mixing head
+    said = [record.getMessage() for record in caplog.records if record.name == "quietstar.families"]
+    assert said == [f"{tmp_path}: {quietstar.NEW_PARTS_MESSAGE}"]
+    assert "mixing head" in said[0] and "thought embeddings" in said[0]
+
+
+def test_from_base_refuses_a_base_that_lacks_a_base_weight(tmp_path):
+    save_tiny_llama_base(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(quietstar.CheckpointError, match=r"weights do not match the quietstar_llama layout \(missing "
+                       r"\['model.layers.1.mlp.up_proj.weight'\]"):
+        quietstar.from_base(str(tmp_path))
+
+
+def test_installed_package_directory_is_found_without_importing_and_a_missing_one_is_named():
+    assert quietstar.installed_package_directory("quietstar") == Path(quietstar.__file__).parent
+    with pytest.raises(FileNotFoundError, match=r"^the Python package 'no_such_package_q8' is not installed$"):
+        quietstar.installed_package_directory("no_such_package_q8")

@@ -120,18 +120,24 @@ def test_generation_without_thinking_is_token_for_token_mistral(decoding):
     assert torch.equal(model.generate(input_ids, **kwargs), expected)
 
 
-def test_meta_tokens_are_never_emitted_even_when_most_likely():
+@pytest.mark.parametrize("listed", [None, [3]])
+def test_meta_tokens_are_never_emitted_even_when_most_likely(listed):
+    """In either mode, whatever the generation config lists (a model built from a config lists nothing)."""
     model = tiny_model().eval()
     with torch.no_grad():
         model.lm_head.weight[[START_ID, END_ID]] *= 50  # make the meta tokens the model's favourites
+    model.generation_config.suppress_tokens = listed
     input_ids, attention_mask = left_padded_prompt()
     kwargs = dict(attention_mask=attention_mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    assert model.generation_config.suppress_tokens is None  # nothing but the model itself masks them
+    with torch.no_grad():
+        base_next = model(input_ids, attention_mask=attention_mask, thinking=False).logits[:, -1].argmax(-1)
+    assert torch.isin(base_next, torch.tensor([START_ID, END_ID])).all()  # the test can fail
     plain = model.generate(input_ids, thinking=False, **kwargs)[:, PROMPT_LENGTH:]
-    assert torch.isin(plain, torch.tensor([START_ID, END_ID])).any()  # the test can fail
     out = model.generate_with_thoughts(input_ids, **kwargs)
-    for tokens in (out.sequences[:, PROMPT_LENGTH:], out.thought_ids):
+    for tokens in (plain, out.sequences[:, PROMPT_LENGTH:], out.thought_ids):
         assert not torch.isin(tokens, torch.tensor([START_ID, END_ID])).any()
+        assert not torch.isin(tokens, torch.tensor(listed or [])).any()  # the listed tokens stay suppressed
+    assert model.generation_config.suppress_tokens == listed  # generate() did not change the model's config
 
 
 def test_one_generated_token_costs_thought_length_plus_one_single_token_steps():

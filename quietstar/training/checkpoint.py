@@ -163,6 +163,7 @@ def export_hf(
         with torch.device("meta"):
             export = family_of(model.config.model_type).model_class(model.config)
         export.load_state_dict({k: v.to(DTYPES[dtype]) for k, v in full.items()}, assign=True, strict=True)
+        export.tie_weights()  # the cast gave each tied name its own tensor; re-tied, the table is saved once
         export.config.dtype = DTYPES[dtype]
         export.generation_config = model.generation_config
         try:

