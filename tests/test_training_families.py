@@ -77,7 +77,7 @@ def test_a_tokenizer_that_pads_on_the_right_is_saved_padding_on_the_left(tmp_pat
 @pytest.mark.parametrize(
     ("name_or_path", "message"),
     [
-        ("/no/such/dir", "no such directory: /no/such/dir"),
+        ("/no/such/dir", "model.name_or_path: no such directory: /no/such/dir (and not a hub id)"),
         ("package:no_such_package_q8", "model.name_or_path package:no_such_package_q8: the Python package "
          "'no_such_package_q8' is not installed"),
     ],
