@@ -19,7 +19,8 @@ from .modeling_quietstar_llama import QuietStarLlamaForCausalLM
 from .modeling_quietstar_qwen2 import QuietStarQwen2ForCausalLM
 from .modeling_quietstar_qwen3 import QuietStarQwen3ForCausalLM
 from .thinking_config import QuietStarConfigMixin
-from .thinking_model import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarModelMixin
+from .thinking_model import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarModelMixin, QuietStarThoughtGate
+from .thought_gate import ThoughtGateFit, fit_thought_gate
 from .tokenizer import load_mistral_tokenizer
 
 for _family in FAMILIES:
@@ -46,9 +47,12 @@ __all__ = [
     "QuietStarQwen2ForCausalLM",
     "QuietStarQwen3Config",
     "QuietStarQwen3ForCausalLM",
+    "QuietStarThoughtGate",
+    "ThoughtGateFit",
     "add_thought_tokens",
     "config_from_base",
     "family_of",
+    "fit_thought_gate",
     "from_base",
     "load_mistral_tokenizer",
     "smollm2_gguf",

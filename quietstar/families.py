@@ -118,7 +118,7 @@ def _from_gguf(name_or_path, gguf_file, config, model_class, dtype, local_files_
     config.dtype = base.dtype
     model = model_class(config).to(base.dtype)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    new_parts = [key for key in missing if not key.startswith(("mixing_head.", "thought_embeddings."))]
+    new_parts = [key for key in missing if not key.startswith(("mixing_head.", "thought_embeddings.", "thought_gate."))]
     if new_parts or unexpected:
         raise ValueError(f"{name_or_path}/{gguf_file}: the GGUF weights do not match the {config.model_type} layout "
                          f"(missing {new_parts[:3]}, unexpected {unexpected[:3]})")
