@@ -155,19 +155,22 @@ class QuietStarMixingHead(nn.Module):
         return h_base + weight * (h_thought - h_base), weight
 
 
-class QuietStarThoughtGate(nn.Linear):
+class QuietStarThoughtGate(nn.Module):
     """Linear head (H -> 1) on the base hidden state of a position predicting log KL(thought-mixed || base) of its
     next-token distribution: how much thinking there would change the prediction (natural log of nats).
 
     Adaptive thinking skips the thought where the predicted KL is below `config.think_threshold`. The gate is fitted
     after training on the model's own thoughts (`quietstar.fit_thought_gate`, a ridge regression); it is never
-    trained by the main loss, so it cannot change the thoughts or the LM. An unfitted gate (weight 0, bias +inf,
-    also what a checkpoint without a gate loads as) predicts an infinite effect: the model thinks at every position.
+    trained by the main loss, so it cannot change the thoughts or the LM. Its `weight` (1, H) and `bias` (1,) are
+    persistent buffers, not parameters: they are saved and loaded with the checkpoint but no optimizer sees them. An
+    unfitted gate (weight 0, bias +inf, also what a checkpoint without a gate loads as) predicts an infinite
+    effect: the model thinks at every position.
     """
 
     def __init__(self, config: QuietStarConfigMixin):
-        super().__init__(config.hidden_size, 1)
-        self.requires_grad_(False)
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(1, config.hidden_size))
+        self.register_buffer("bias", torch.full((1,), math.inf))
 
     @property
     def fitted(self) -> bool:
@@ -176,7 +179,7 @@ class QuietStarThoughtGate(nn.Linear):
 
     def predicted_log_kl(self, base_hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) base hidden states -> (...) predicted log KL(thought-mixed || base)."""
-        return self(base_hidden.to(self.weight.dtype)).squeeze(-1)
+        return nn.functional.linear(base_hidden.to(self.weight.dtype), self.weight, self.bias).squeeze(-1)
 
     def thinks(self, base_hidden: torch.Tensor, threshold: float) -> torch.BoolTensor:
         """(..., H) base hidden states -> (...) True where the position should think: always with `threshold` 0 or
