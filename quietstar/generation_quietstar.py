@@ -21,6 +21,8 @@ import torch
 from transformers import Cache
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .losses_quietstar import IGNORE_INDEX
+
 
 @dataclass
 class QuietStarGenerateOutput(GenerateDecoderOnlyOutput):
@@ -97,7 +99,7 @@ class QuietStarGenerationMixin:
         for k, i in enumerate(keep.tolist()):
             if not bool(thought_used[:, k].any()):
                 thought_hidden.append(kept_base[:, k])
-                thoughts.append(torch.full((batch, self.config.n_sampled_thought_tokens), -100, device=keep.device))
+                thoughts.append(torch.full((batch, self.config.n_sampled_thought_tokens), IGNORE_INDEX, device=keep.device))
                 continue
             context_mask = attention_mask
             if i < length - 1:
