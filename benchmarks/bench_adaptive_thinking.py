@@ -86,6 +86,7 @@ PRESETS = {
         "curriculum": [(0, 6, 3), (30, 4, 2)],
         "distill_steps": 20,
         "distill_lr": 1e-3,
+        "evaluation": dict(held_out_rows=32, held_out_length=48, gate_rows=32, problems=40, prompts=4, new_tokens=16),
     },
     "smollm2": {
         "model": {
@@ -95,10 +96,11 @@ PRESETS = {
         "data": {"seq_len": 32},
         "train": dict(global_batch_size=2, micro_batch_size=None, lr=1e-4, warmup_steps=2, lr_schedule="constant",
                       param_dtype="float32", activation_checkpointing=False, seed=0),
-        "train_steps": 10,
-        "curriculum": [(0, 5, 2), (5, 4, 2)],
-        "distill_steps": 4,
+        "train_steps": 8,
+        "curriculum": [(0, 5, 2), (4, 4, 2)],
+        "distill_steps": 3,
         "distill_lr": 1e-4,
+        "evaluation": dict(held_out_rows=16, held_out_length=48, gate_rows=16, problems=20, prompts=2, new_tokens=8),
     },
 }
 
@@ -110,12 +112,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--train-steps", type=int, help="steps of the Quiet-STaR run (default: the preset's)")
     parser.add_argument("--distill-steps", type=int, help="steps of the distillation run (default: the preset's)")
-    parser.add_argument("--held-out-rows", type=int, default=32, help="held-out rows scored for the NLL")
-    parser.add_argument("--held-out-length", type=int, default=48, help="tokens per held-out row")
-    parser.add_argument("--gate-rows", type=int, default=32, help="held-in rows the gate is fitted on")
-    parser.add_argument("--problems", type=int, default=40, help="held-out worked problems for the answer probability")
-    parser.add_argument("--prompts", type=int, default=4, help="held-out prompts generated from (batch 1 each)")
-    parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated per prompt")
+    parser.add_argument("--held-out-rows", type=int, help="held-out rows scored for the NLL (default: the preset's)")
+    parser.add_argument("--held-out-length", type=int, help="tokens per held-out row (default: the preset's)")
+    parser.add_argument("--gate-rows", type=int, help="held-in rows the gate is fitted on (default: the preset's)")
+    parser.add_argument("--problems", type=int, help="held-out worked problems for the answer probability (default: the preset's)")
+    parser.add_argument("--prompts", type=int, help="held-out prompts generated from (batch 1 each) (default: the preset's)")
+    parser.add_argument("--new-tokens", type=int, help="tokens generated per prompt (default: the preset's)")
     parser.add_argument(
         "--out-dir", type=Path, default=RUNS_DIR,
         help="where adaptive_thinking_<preset>_<device>.{json,md,png} go (default: benchmark_runs/, untracked)",
@@ -128,10 +130,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     preset = PRESETS[args.preset]
     args.train_steps = preset["train_steps"] if args.train_steps is None else args.train_steps
     args.distill_steps = preset["distill_steps"] if args.distill_steps is None else args.distill_steps
+    for name, value in preset["evaluation"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name in ("train_steps", "distill_steps", "held_out_rows", "held_out_length", "gate_rows", "problems", "prompts",
                  "new_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.prompts > args.problems:
+        parser.error(f"--prompts ({args.prompts}) must not exceed --problems ({args.problems}): prompts are problems' starts")
     if args.checkpoint is not None and not (args.checkpoint / "config.json").is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no config.json there (not a Hugging Face model directory)")
     return args
@@ -235,29 +242,37 @@ def answer_problems(tokenizer, seed: int, count: int) -> list[tuple[list[int], i
 
 
 @torch.no_grad()
-def score(model, held_out: torch.LongTensor, problems, thinking: bool, device) -> dict:
+def score(model, held_out: torch.LongTensor, problems, thinking: bool, device) -> tuple[dict, torch.Tensor]:
     """Teacher-forced NLL per token of `held_out`, the fraction of its positions that thought, and the mean
-    probability of the answer tokens of `problems`."""
-    nll_sum, tokens, thought = 0.0, 0, 0
+    probability of the answer tokens of `problems`; and the NLL of every scored position (flat, in a fixed order)."""
+    nlls, thought = [], 0
     for start in range(0, held_out.shape[0], 8):
         ids = held_out[start : start + 8].to(device)
         output = model(ids, thinking=thinking, use_cache=False)
         logits = output.logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="sum")
-        nll_sum, tokens = nll_sum + float(nll), tokens + ids[:, 1:].numel()
+        nlls.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").flatten())
         if thinking:
             thought += int(output.thought_used[:, :-1].sum())
+    nll = torch.cat(nlls).cpu()
     answer_probs = []
     for ids, answer_start in problems:
         ids = torch.tensor([ids], device=device)
         logits = model(ids, thinking=thinking, use_cache=False).logits[0].float()
         probs = logits[answer_start - 1 : -1].softmax(-1).gather(-1, ids[0, answer_start:, None]).squeeze(-1)
         answer_probs += probs.tolist()
-    return {
-        "nll": nll_sum / tokens,
-        "thought_fraction_scored": thought / tokens,
+    metrics = {
+        "nll": float(nll.mean()),
+        "thought_fraction_scored": thought / nll.numel(),
         "answer_token_prob": sum(answer_probs) / len(answer_probs),
     }
+    return metrics, nll
+
+
+def oracle_gain_kept(gains: torch.Tensor, fraction: float) -> float:
+    """Share of the total NLL gain kept by thinking at the `fraction` of positions with the largest gain: what a gate
+    that knew every position's gain (the label included) would keep at that thinking rate; an upper bound."""
+    count = round(fraction * gains.numel())
+    return float(gains.sort(descending=True).values[:count].sum() / gains.sum())
 
 
 @torch.no_grad()
@@ -269,7 +284,8 @@ def generate_cost(model, prompts: list[torch.LongTensor], new_tokens: int, think
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
     used, seconds = [], 0.0
     try:
-        model.generate(prompts[0].to(device), thinking=thinking, **kwargs)  # warm-up, not counted
+        warm_up = {**kwargs, "max_new_tokens": 2, "min_new_tokens": 2}  # a short warm-up, not counted
+        model.generate(prompts[0].to(device), thinking=thinking, **warm_up)
         calls.clear()
         for prompt in prompts:
             started = time.perf_counter()
@@ -299,7 +315,8 @@ def gate_thresholds(model, rows: torch.LongTensor, device) -> list[float]:
         hidden = model(rows[start : start + 8].to(device), thinking=False, output_hidden_states=True).hidden_states[-1]
         predicted.append(model.thought_gate.predicted_log_kl(hidden).flatten().float().cpu())
     log_kl = torch.cat(predicted)
-    return [float(value.exp()) for value in torch.quantile(log_kl, torch.tensor(GATE_QUANTILES))]
+    # distinct values only: a gate that predicts the same KL everywhere (an untrained mixing head) gives one setting
+    return sorted({float(value.exp()) for value in torch.quantile(log_kl, torch.tensor(GATE_QUANTILES))})
 
 
 def load(path: Path, device) -> torch.nn.Module:
@@ -320,16 +337,16 @@ def evaluate_settings(args, checkpoint: Path, distilled: Path, continued: Path, 
     gate = {"n_positions": fit.n_positions, "r2": fit.r2, "kl_quantiles": fit.kl_quantiles,
             "seconds": time.perf_counter() - started}
     thresholds = gate_thresholds(model, held_in, device)
-    gate["thresholds"] = dict(zip((f"q{int(100 * q)}" for q in GATE_QUANTILES), thresholds))
+    gate["thresholds"] = thresholds
     logger.info("gate fitted on %d positions, R^2 %.3f, thresholds %s", fit.n_positions, fit.r2, thresholds)
 
-    records = []
+    records, position_nll = [], {}
 
     def measure(setting: str, net, thinking: bool, threshold: float | None):
         if threshold is not None:
             net.config.think_threshold = threshold
-        record = {"setting": setting, "think_threshold": threshold, "thinking": thinking,
-                  **score(net, held_out, problems, thinking, device),
+        metrics, position_nll[setting] = score(net, held_out, problems, thinking, device)
+        record = {"setting": setting, "think_threshold": threshold, "thinking": thinking, **metrics,
                   **generate_cost(net, prompts, args.new_tokens, thinking, device)}
         logger.info("%s: %s", setting, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
         records.append(record)
@@ -340,11 +357,20 @@ def evaluate_settings(args, checkpoint: Path, distilled: Path, continued: Path, 
     measure("never", model, False, None)
     measure("distilled", load(distilled, device), False, None)
     measure("never-continued", load(continued, device), False, None)
+    gains = position_nll["never"] - position_nll["always"]
+    if gains.sum() > 0:
+        for record in records:
+            if record["setting"].startswith("adaptive-"):
+                record["oracle_gain_kept"] = oracle_gain_kept(gains, record["thought_fraction_scored"])
+        thought_length = model.config.n_thought_tokens  # half of always-think's calls: 1 + T * f = (T + 1) / 2
+        gate["oracle_gain_kept_at_half_calls"] = oracle_gain_kept(gains, (thought_length - 1) / (2 * thought_length))
+    gate["positions_with_gain"] = float((gains > 0).float().mean())
     return records, gate
 
 
-def judge(records: list[dict]) -> dict:
-    """Each record's share of always-think's NLL gain over never-think, and whether the target was met."""
+def judge(records: list[dict], oracle: float | None = None) -> dict:
+    """Each record's share of always-think's NLL gain over never-think, and whether the target was met; `oracle` is
+    the share an all-knowing gate would keep at half the calls (`oracle_gain_kept`), quoted in the verdict."""
     by_setting = {r["setting"]: r for r in records}
     always, never = by_setting["always"], by_setting["never"]
     gain = never["nll"] - always["nll"]
@@ -365,6 +391,9 @@ def judge(records: list[dict]) -> dict:
     else:
         verdict = (f"Target not met: no adaptive setting keeps {TARGET_GAIN_KEPT:.0%} of always-think's NLL gain "
                    f"({gain:.4f} nats/token) at {TARGET_CALLS_FRACTION:.0%} of its calls per token.")
+    if oracle is not None and gain > 0:
+        verdict += (f" A gate that knew every position's gain (the label included) would keep {oracle:.0%} of it "
+                    f"thinking at the positions that half of always-think's calls pay for.")
     return {"nll_gain_always": gain, "met_by": met, "verdict": verdict}
 
 
@@ -384,17 +413,28 @@ def to_markdown(report: dict) -> str:
         f"{report['versions']['transformers']}; {report['date']}; host load average {report['load_average_1min']:.1f}; "
         f"{report['wall_seconds'] / 60:.1f} min in all.",
         "",
-        "| setting | calls/token | tokens/s | NLL (nats/token) | NLL gain kept | positions thinking (scored / generated) "
-        "| answer-token prob |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | calls/token | tokens/s | NLL (nats/token) | NLL gain kept | oracle gate at the same rate "
+        "| positions thinking (scored / generated) | answer-token prob |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["records"]:
         kept = "-" if r["nll_gain_kept"] is None else f"{100 * r['nll_gain_kept']:.0f} %"
+        oracle = f"{100 * r['oracle_gain_kept']:.0f} %" if "oracle_gain_kept" in r else "-"
         lines.append(
             f"| {r['setting']} | {r['calls_per_token']:.2f} | {r['tokens_per_s']:.1f} | {r['nll']:.4f} | {kept} | "
-            f"{r['thought_fraction_scored']:.2f} / {r['thought_fraction_generated']:.2f} | {r['answer_token_prob']:.4f} |"
+            f"{oracle} | {r['thought_fraction_scored']:.2f} / {r['thought_fraction_generated']:.2f} | "
+            f"{r['answer_token_prob']:.4f} |"
         )
-    lines += ["", f"**{report['target']['verdict']}**", ""]
+    lines += [
+        "",
+        "NLL gain kept: (never - setting) / (never - always) in held-out NLL. Oracle gate: the share an all-knowing "
+        "gate keeps when the same fraction of scored positions thinks, choosing the positions with the largest gain "
+        f"(labels included); {100 * report['gate']['positions_with_gain']:.0f} % of positions gain from their thought. "
+        "`never-continued` is the distillation run's control: the same steps without the distillation term.",
+        "",
+        f"**{report['target']['verdict']}**",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -445,7 +485,7 @@ def main(argv=None) -> dict:
     distilled = continue_checkpoint(args, checkpoint, train_config, work, "distilled", 1.0)
     continued = continue_checkpoint(args, checkpoint, train_config, work, "continued", 0.0)
     records, gate = evaluate_settings(args, checkpoint, distilled, continued, device)
-    target = judge(records)
+    target = judge(records, gate.get("oracle_gain_kept_at_half_calls"))
     checkpoint_config = json.loads((checkpoint / "config.json").read_text())
     report = {
         "benchmark": "adaptive_thinking",

@@ -41,6 +41,9 @@ def test_pipeline_reports_every_setting_with_calls_as_the_gate_decided(bench, tm
         assert record["calls_per_token"] == pytest.approx(expected)
     # the highest threshold skips at least as many scored positions as the lowest
     assert adaptive[-1]["thought_fraction_scored"] <= adaptive[0]["thought_fraction_scored"]
+    if report["target"]["nll_gain_always"] > 0:  # a gate's set of thinking positions never beats the best one
+        for record in adaptive:
+            assert record["oracle_gain_kept"] >= record["nll_gain_kept"] - 1e-4
     assert report["target"]["verdict"]
     assert [p.name for p in (tmp_path / "work").iterdir()][0].startswith("tiny-")
 
@@ -53,9 +56,18 @@ def test_verdict_from_the_numbers(bench):
             {"setting": "never", "nll": 2.0, "calls_per_token": 1.0},
         ]
 
-    met = bench.judge(records(1.0, 1.05, 2.5))
-    assert met["met_by"] == ["adaptive-0.1"] and met["verdict"].startswith("Target met")
+    met = bench.judge(records(1.0, 1.05, 2.5), oracle=0.97)
+    assert met["met_by"] == ["adaptive-0.1"] and met["verdict"].startswith("Target met") and "97%" in met["verdict"]
     assert bench.judge(records(1.0, 1.2, 2.5))["met_by"] == []  # keeps 80 % of the gain
     assert bench.judge(records(1.0, 1.05, 2.6))["met_by"] == []  # more than half the calls
     no_gain = bench.judge(records(2.1, 2.0, 2.0))
     assert no_gain["met_by"] == [] and "no NLL gain" in no_gain["verdict"]
+
+
+def test_oracle_gate_keeps_the_largest_gains(bench):
+    import torch
+
+    gains = torch.tensor([0.5, -0.2, 2.0, 0.1, 1.0, -0.4])  # total 3.0
+    assert bench.oracle_gain_kept(gains, 2 / 6) == pytest.approx(3.0 / 3.0)
+    assert bench.oracle_gain_kept(gains, 0.5) == pytest.approx(3.5 / 3.0)  # more than all of it: skips the losses
+    assert bench.oracle_gain_kept(gains, 1.0) == pytest.approx(1.0)
