@@ -20,7 +20,8 @@ Pipeline (every step uses the package's own code):
 Target: an adaptive setting with at most half the calls of always-think that keeps at least 90 % of always-think's
 NLL gain over never-think; the report says whether it was met, or that the checkpoint has no gain to keep.
 
-Outputs: `adaptive_thinking_<preset>_<device>.json` (one record per setting: `always`, `adaptive-<threshold>`,
+Outputs: `adaptive_thinking_<preset>_<device>.json` (`<checkpoint directory name>` instead of the preset with
+`--checkpoint`) (one record per setting: `always`, `adaptive-<threshold>`,
 `never`, `distilled`, `never-continued`), `.md` (table and verdict) and `.png` (NLL against calls per token) in `--out-dir`
 (default benchmark_runs/, untracked); the trained checkpoints stay in a fresh directory under
 benchmark_runs/adaptive_thinking/.
@@ -112,6 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--train-steps", type=int, help="steps of the Quiet-STaR run (default: the preset's)")
     parser.add_argument("--distill-steps", type=int, help="steps of the distillation run (default: the preset's)")
+    parser.add_argument("--distill-lr", type=float, help="learning rate of the distillation run (default: the preset's)")
     parser.add_argument("--held-out-rows", type=int, help="held-out rows scored for the NLL (default: the preset's)")
     parser.add_argument("--held-out-length", type=int, help="tokens per held-out row (default: the preset's)")
     parser.add_argument("--gate-rows", type=int, help="held-in rows the gate is fitted on (default: the preset's)")
@@ -130,6 +132,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     preset = PRESETS[args.preset]
     args.train_steps = preset["train_steps"] if args.train_steps is None else args.train_steps
     args.distill_steps = preset["distill_steps"] if args.distill_steps is None else args.distill_steps
+    args.distill_lr = preset["distill_lr"] if args.distill_lr is None else args.distill_lr
+    if not args.distill_lr > 0:
+        parser.error(f"--distill-lr must be > 0, got {args.distill_lr}")
     for name, value in preset["evaluation"].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -204,7 +209,7 @@ def continue_checkpoint(
         **base,
         "model": {"name_or_path": str(checkpoint),
                   "quietstar": {"distill_loss_weight": distill_loss_weight, "policy_loss_weight": 0.0}},
-        "train": {**base["train"], "max_steps": args.distill_steps, "lr": preset["distill_lr"], "warmup_steps": 0,
+        "train": {**base["train"], "max_steps": args.distill_steps, "lr": args.distill_lr, "warmup_steps": 0,
                   "lr_schedule": "constant", "device": args.device, "thought_curriculum": []},
     }
     return run_train(config, work, name)
@@ -496,7 +501,8 @@ def main(argv=None) -> dict:
         "preset": args.preset,
         "checkpoint": {"path": str(checkpoint), "description": description,
                        "n_thought_tokens": checkpoint_config["n_thought_tokens"],
-                       "distilled_path": str(distilled), "distill_steps": args.distill_steps},
+                       "distilled_path": str(distilled), "distill_steps": args.distill_steps,
+                       "distill_lr": args.distill_lr},
         "settings": {k: getattr(args, k) for k in ("held_out_rows", "held_out_length", "gate_rows", "problems",
                                                    "prompts", "new_tokens", "train_steps")},
         "gate": gate,
@@ -507,7 +513,9 @@ def main(argv=None) -> dict:
     markdown = to_markdown(report)
     print(markdown)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"adaptive_thinking_{args.preset}_{device_slug(device)}"
+    # a given checkpoint is named by its directory, so its results never replace those of a run trained here
+    name = args.preset if args.checkpoint is None else re.sub(r"[^A-Za-z0-9]+", "_", args.checkpoint.resolve().name)
+    stem = args.out_dir / f"adaptive_thinking_{name}_{device_slug(device)}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown)
     written = [".json", ".md"] + ([".png"] if plot(report, stem.with_suffix(".png")) else [])

@@ -24,7 +24,7 @@ def test_pipeline_reports_every_setting_with_calls_as_the_gate_decided(bench, tm
         "--gate-rows", "4", "--problems", "3", "--prompts", "2", "--new-tokens", "3", "--out-dir", str(tmp_path / "out"),
         "--work-dir", str(tmp_path / "work"),
     ])
-    stem = "adaptive_thinking_tiny_cpu"
+    stem = "adaptive_thinking_checkpoint_cpu"  # named by the checkpoint directory
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {f"{stem}.json", f"{stem}.md"}
     assert json.loads((tmp_path / "out" / f"{stem}.json").read_text())["records"] == report["records"]
     records = {r["setting"]: r for r in report["records"]}
