@@ -472,6 +472,13 @@ def plot(report: dict, path: Path) -> bool:
     return True
 
 
+def shown_path(path: Path) -> str:
+    """`path` as the report shows it: relative to the repository when inside it, else its directory name only (the
+    report must not depend on, or reveal, the machine's layout)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else path.name
+
+
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
@@ -486,7 +493,8 @@ def main(argv=None) -> dict:
         description = (f"trained here ({args.preset}, {args.train_steps} Quiet-STaR steps, curriculum "
                        f"{PRESETS[args.preset]['curriculum']})")
     else:
-        checkpoint, description = args.checkpoint.resolve(), f"{args.checkpoint.resolve()}"
+        checkpoint = args.checkpoint.resolve()
+        description = f"given checkpoint `{shown_path(checkpoint)}`"
     distilled = continue_checkpoint(args, checkpoint, train_config, work, "distilled", 1.0)
     continued = continue_checkpoint(args, checkpoint, train_config, work, "continued", 0.0)
     records, gate = evaluate_settings(args, checkpoint, distilled, continued, device)
@@ -499,9 +507,9 @@ def main(argv=None) -> dict:
         "load_average_1min": os.getloadavg()[0],
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "quietstar": quietstar.__version__},
         "preset": args.preset,
-        "checkpoint": {"path": str(checkpoint), "description": description,
+        "checkpoint": {"path": shown_path(checkpoint), "description": description,
                        "n_thought_tokens": checkpoint_config["n_thought_tokens"],
-                       "distilled_path": str(distilled), "distill_steps": args.distill_steps,
+                       "distilled_path": shown_path(distilled), "distill_steps": args.distill_steps,
                        "distill_lr": args.distill_lr},
         "settings": {k: getattr(args, k) for k in ("held_out_rows", "held_out_length", "gate_rows", "problems",
                                                    "prompts", "new_tokens", "train_steps")},
