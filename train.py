@@ -42,6 +42,7 @@ from quietstar.training.config import (
     config_to_dict,
     load_config,
 )
+from quietstar.training.curriculum import apply_thought_curriculum
 from quietstar.training.flops import peak_flops_per_device, quietstar_step_flops
 from quietstar.training.metrics import MetricsLogger, StepTimer, peak_memory_gb, truncate_metrics
 from quietstar.training.model import load_tokenizer, setup_model
@@ -202,8 +203,12 @@ def run(config: JobConfig, overwrite: bool, resumption: Resumption | None = None
     metrics_logger = MetricsLogger(output_dir, config.logging, config_to_dict(config), train.max_steps, world.is_main)
     save = dict(tokenizer=tokenizer, world=world, export_dtype=config.checkpoint.export_dtype, keep_last=config.checkpoint.keep_last)
     saved_step = step if checkpoint is not None else None
+    initial_lengths = (model.config.n_thought_tokens, model.config.n_ahead_talk)
     timer = StepTimer()
     while step < train.max_steps:
+        if apply_thought_curriculum(model.config, train.thought_curriculum, step, initial_lengths):
+            flops_per_step = quietstar_step_flops(model.config, train.global_batch_size, config.data.seq_len)
+        lengths = dict(n_thought_tokens=model.config.n_thought_tokens, n_ahead_talk=model.config.n_ahead_talk)
         micro_batches = [data.next_batch(micro_batch_size) for _ in range(n_micro)]
         metrics = train_step(
             model,
@@ -224,6 +229,7 @@ def run(config: JobConfig, overwrite: bool, resumption: Resumption | None = None
                 mfu=flops_per_step / seconds / (peak_flops * world.world_size) if peak_flops else None,
                 peak_memory_gb=peak_memory_gb(world.device),
                 step_seconds=seconds,
+                **lengths,
             )
             metrics_logger.log(step, metrics, timer.mean)
         if config.checkpoint.interval and step % config.checkpoint.interval == 0:

@@ -29,7 +29,8 @@ from .modeling_quietstar_llama import QuietStarLlamaForCausalLM
 from .modeling_quietstar_qwen2 import QuietStarQwen2ForCausalLM
 from .modeling_quietstar_qwen3 import QuietStarQwen3ForCausalLM
 from .thinking_config import QuietStarConfigMixin
-from .thinking_model import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarModelMixin
+from .thinking_model import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarModelMixin, QuietStarThoughtGate
+from .thought_gate import ThoughtGateFit, fit_thought_gate
 from .tokenizer import load_mistral_tokenizer
 
 for _family in FAMILIES:
@@ -59,9 +60,12 @@ __all__ = [
     "QuietStarQwen2ForCausalLM",
     "QuietStarQwen3Config",
     "QuietStarQwen3ForCausalLM",
+    "QuietStarThoughtGate",
+    "ThoughtGateFit",
     "add_thought_tokens",
     "config_from_base",
     "family_of",
+    "fit_thought_gate",
     "from_base",
     "installed_package_directory",
     "load_mistral_tokenizer",

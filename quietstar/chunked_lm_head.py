@@ -317,4 +317,101 @@ def sample_thought_tokens(
     return tokens.view(leading), logprob.view(leading)
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "sample_thought_tokens", "weighted_linear_cross_entropy"]
+class _LinearDistillationKL(torch.autograd.Function):
+    """sum_r row_weights[r] * KL(teacher_r || student_r) over the logits `hidden @ weight.T` of teacher and student
+    rows, with `banned_ids` left out of both distributions and the gradients computed in forward.
+
+    `student` and `teacher` (N, H), `weight` (V, H), `row_weights` (N,) in the compute dtype. The teacher is a
+    constant (no gradient flows into it). Forward, chunk by chunk: both chunks' log-softmaxes, the rows' KLs and,
+    when asked for, d loss / d student logits = row_weight * (softmax(student) - softmax(teacher)), pushed through
+    the head at once (as in `_WeightedLinearCrossEntropy`). The per-row KLs are returned without gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, student, weight, teacher, row_weights, banned_ids, needs_student, needs_weight, chunk_size, matmul_dtype):
+        compute_dtype = row_weights.dtype
+        matmul_weight = weight.to(matmul_dtype)
+        kl = student.new_empty(student.shape[0], dtype=compute_dtype)
+        grad_student = torch.empty_like(student) if needs_student else None
+        grad_weight = torch.zeros_like(weight, dtype=compute_dtype) if needs_weight else None
+        for start in range(0, student.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            rows = student[chunk].to(matmul_dtype)
+            log_student = torch.log_softmax(_chunk_logits(rows, matmul_weight, banned_ids), dim=-1)
+            log_teacher = torch.log_softmax(_chunk_logits(teacher[chunk].to(matmul_dtype), matmul_weight, banned_ids), dim=-1)
+            teacher_probs = log_teacher.exp()
+            # banned ids have probability 0 under both; their terms are 0 (not 0 * (-inf - -inf))
+            kl[chunk] = torch.where(teacher_probs > 0, teacher_probs * (log_teacher - log_student), 0).sum(dim=-1)
+            if needs_student or needs_weight:
+                grad_logits = (log_student.exp_() - teacher_probs).mul_(row_weights[chunk].unsqueeze(-1))
+                grad_rows = _head_backward(grad_logits, rows, matmul_weight, grad_weight, needs_student)
+                if needs_student:
+                    grad_student[chunk] = grad_rows
+        if needs_weight:
+            grad_weight = grad_weight.to(weight.dtype)
+        ctx.save_for_backward(grad_student, grad_weight)
+        ctx.mark_non_differentiable(kl)
+        return (kl * row_weights).sum(), kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_kl):
+        grad_student, grad_weight = ctx.saved_tensors
+        if grad_student is not None:
+            grad_student = grad_student * grad_loss.to(grad_student.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight * grad_loss.to(grad_weight.dtype)
+        return grad_student, grad_weight, None, None, None, None, None, None, None
+
+
+def linear_distillation_kl(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    row_weights: torch.Tensor,
+    *,
+    banned_ids: torch.LongTensor | list[int],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row KL(teacher || student) of the next-token distributions `softmax(hidden @ weight.T)`, and its weighted
+    sum, without keeping logits.
+
+    Both distributions leave out `banned_ids` (they are renormalised over the other ids). `kl[r]` equals
+    `sum_v p_t[r, v] * (log p_t[r, v] - log p_s[r, v])` (no gradient); `loss` equals `(kl * row_weights).sum()` and
+    is differentiable with respect to `student_hidden` and `weight` through the student only: the teacher is a
+    constant, as in distillation from a no-grad teacher. Gradients are computed during this call.
+
+    Args:
+        student_hidden: (..., H) hidden states whose distribution is trained.
+        teacher_hidden: (..., H) hidden states of the target distribution (detached here).
+        weight: (V, H) LM-head weight.
+        row_weights: (...) weight of each row's KL in `loss` (not differentiated).
+        banned_ids: ids left out of both distributions (the meta tokens).
+        chunk_size: rows whose (rows, V) logits are materialised at once.
+
+    Returns:
+        `loss` (a scalar) and `kl` (...), both in promote(dtype, float32).
+    """
+    _check_chunk_size(chunk_size)
+    if teacher_hidden.shape != student_hidden.shape or row_weights.shape != student_hidden.shape[:-1]:
+        raise ValueError(
+            f"teacher_hidden {tuple(teacher_hidden.shape)} and row_weights {tuple(row_weights.shape)} must match "
+            f"student_hidden {tuple(student_hidden.shape)}"
+        )
+    matmul_dtype = _matmul_dtype(student_hidden, weight)
+    compute_dtype = torch.promote_types(matmul_dtype, torch.float32)
+    grad_enabled = torch.is_grad_enabled()
+    loss, kl = _LinearDistillationKL.apply(
+        student_hidden.reshape(-1, student_hidden.shape[-1]),
+        weight,
+        teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]),
+        row_weights.detach().to(compute_dtype).reshape(-1),
+        torch.as_tensor(banned_ids, dtype=torch.long, device=student_hidden.device).reshape(-1),
+        grad_enabled and student_hidden.requires_grad,
+        grad_enabled and weight.requires_grad,
+        chunk_size,
+        matmul_dtype,
+    )
+    return loss, kl.view(row_weights.shape)
+
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "linear_distillation_kl", "sample_thought_tokens", "weighted_linear_cross_entropy"]

@@ -241,7 +241,7 @@ def _convert_tensors(
     reference_shapes = {
         name: shape
         for name, shape in expected.items()
-        if not name.startswith(("mixing_head.", "thought_embeddings."))
+        if not name.startswith(("mixing_head.", "thought_embeddings.", "thought_gate."))
     }
     reference_shapes.update({name: (2, hidden) for name in META_EMBEDDING_NAMES})
     reference_shapes.update({name: expected[ours] for name, ours in MIXING_HEAD_NAMES.items()})
@@ -269,6 +269,11 @@ def _convert_tensors(
     converted = {name: tensors[name] for name in reference_shapes if name.startswith(("model.", "lm_head."))}
     converted.update({ours: tensors[name] for name, ours in MIXING_HEAD_NAMES.items()})
     converted["thought_embeddings.weight"] = torch.stack([tensors[name][0] for name in META_EMBEDDING_NAMES])
+    # The reference has no thought gate: the converted model gets an unfitted one (weight 0, bias +inf), which
+    # thinks at every position, as the reference does.
+    dtype = converted["thought_embeddings.weight"].dtype
+    converted["thought_gate.weight"] = torch.zeros(expected["thought_gate.weight"], dtype=dtype)
+    converted["thought_gate.bias"] = torch.full(expected["thought_gate.bias"], float("inf"), dtype=dtype)
     return converted
 
 

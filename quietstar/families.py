@@ -52,10 +52,11 @@ FAMILIES = (
 logger = logging.getLogger(__name__)
 
 # Parameters of a Quiet-STaR model that no base checkpoint has, and what they start as.
-NEW_PARTS = ("mixing_head.", "thought_embeddings.")
+NEW_PARTS = ("mixing_head.", "thought_embeddings.", "thought_gate.")
 NEW_PARTS_MESSAGE = (
     "new parts, not in the base checkpoint: the mixing head (last layer zero-initialised, so w = 0 and the model "
-    "predicts exactly like the base) and the two thought embeddings (set from \"---\" by add_thought_tokens)"
+    "predicts exactly like the base), the two thought embeddings (set from \"---\" by add_thought_tokens) and the "
+    "thought gate (unfitted: the model thinks at every position)"
 )
 
 # Base-config fields that describe the checkpoint rather than the architecture; the Quiet-STaR config sets its own.

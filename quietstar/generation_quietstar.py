@@ -6,6 +6,11 @@ tokens and `<|endofthought|>` as single-token steps on the cache that holds the 
 the cache again, so later tokens never see earlier thoughts. A generated token therefore costs one base step plus
 `n_thought_tokens` thought steps, and the context is never forwarded again.
 
+Adaptive thinking: with a fitted thought gate and `think_threshold` > 0 the gate is read on the base hidden state
+first, and a position whose predicted thought effect is below the threshold emits the base prediction without
+running its thought (one model call for that token). In a batch the thought runs when any row needs it; rows below
+the threshold still get the base prediction.
+
 This module keeps relative imports only: it is copied next to a checkpoint's modeling code for
 `trust_remote_code=True`.
 """
@@ -16,6 +21,8 @@ import torch
 from transformers import Cache
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .losses_quietstar import IGNORE_INDEX
+
 
 @dataclass
 class QuietStarGenerateOutput(GenerateDecoderOnlyOutput):
@@ -23,14 +30,18 @@ class QuietStarGenerateOutput(GenerateDecoderOnlyOutput):
     [`GenerateDecoderOnlyOutput`] plus the thought behind each generated token.
 
     thought_ids (`torch.LongTensor` of shape `(batch_size, generated_length, n_thought_tokens - 2)`):
-        The content tokens of the thought before each generated token (start and end tokens left out). Rows that
-        finished early (end-of-sequence) keep thoughts for their padding positions.
+        The content tokens of the thought before each generated token (start and end tokens left out); -100 where
+        the token was generated without thinking (adaptive thinking). Rows that finished early (end-of-sequence)
+        keep thoughts for their padding positions.
     mixing_weights (`torch.FloatTensor` of shape `(batch_size, generated_length)`):
         The mixing weight w of each generated token (0 = the base prediction only).
+    thought_used (`torch.BoolTensor` of shape `(batch_size, generated_length)`):
+        Whether each generated token was predicted after a thought (False where the thought gate skipped it).
     """
 
     thought_ids: torch.LongTensor | None = None
     mixing_weights: torch.FloatTensor | None = None
+    thought_used: torch.BoolTensor | None = None
 
 
 def check_thinking_cache(cache) -> None:
@@ -54,8 +65,10 @@ class QuietStarGenerationMixin:
         cache: Cache,
         keep: torch.LongTensor,
         thought_ids: torch.LongTensor | None,
-    ) -> tuple[torch.Tensor, torch.LongTensor, torch.Tensor]:
-        """Extend `cache` by a chunk of real tokens, then think on the cache for each kept position of the chunk.
+    ) -> tuple[torch.Tensor, torch.LongTensor, torch.Tensor, torch.BoolTensor]:
+        """Extend `cache` by a chunk of real tokens, then think on the cache for each kept position of the chunk
+        where the thought gate says so (`QuietStarThoughtGate.thinks`; every position unless it is fitted and
+        `think_threshold` > 0).
 
         Args:
             inputs_embeds: (B, n) embeddings of the new tokens.
@@ -68,7 +81,8 @@ class QuietStarGenerationMixin:
         The thought of chunk position i sees the context up to i only: later tokens of the chunk are masked out.
 
         Returns:
-            mixed logits (B, K, V), thought content tokens (B, K, n_thought_tokens - 2), mixing weights (B, K).
+            logits (B, K, V), thought content tokens (B, K, n_thought_tokens - 2), mixing weights (B, K) and whether
+            each position thought (B, K), as `gated_thinking_outputs` returns them.
         """
         past_length = cache.get_seq_length()
         batch, length = inputs_embeds.shape[:2]
@@ -79,8 +93,14 @@ class QuietStarGenerationMixin:
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state
+        kept_base = base_hidden[:, keep]
+        thought_used = self.thought_gate.thinks(kept_base, self.config.think_threshold)
         thought_hidden, thoughts = [], []
-        for i in keep.tolist():
+        for k, i in enumerate(keep.tolist()):
+            if not bool(thought_used[:, k].any()):
+                thought_hidden.append(kept_base[:, k])
+                thoughts.append(torch.full((batch, self.config.n_sampled_thought_tokens), IGNORE_INDEX, device=keep.device))
+                continue
             context_mask = attention_mask
             if i < length - 1:
                 if context_mask is None:
@@ -92,8 +112,11 @@ class QuietStarGenerationMixin:
             )
             thought_hidden.append(hidden)
             thoughts.append(tokens)
-        mixed_hidden, weight = self.mixing_head.mix(base_hidden[:, keep], torch.stack(thought_hidden, dim=1))
-        return self.thinking_logits(mixed_hidden), torch.stack(thoughts, dim=1), weight.squeeze(-1)
+        mixed_hidden, weight = self.mixing_head.mix(kept_base, torch.stack(thought_hidden, dim=1))
+        logits, thought_ids, weight = self.gated_thinking_outputs(
+            kept_base, mixed_hidden, torch.stack(thoughts, dim=1), weight.squeeze(-1), thought_used
+        )
+        return logits, thought_ids, weight, thought_used
 
     def _think_on_cache(
         self,
@@ -176,16 +199,19 @@ class QuietStarGenerationMixin:
         steps = []
 
         def record(module, args, output):
-            steps.append((output.thought_ids[:, -1], output.mixing_weights[:, -1]))
+            steps.append((output.thought_ids[:, -1], output.mixing_weights[:, -1], output.thought_used[:, -1]))
 
         handle = self.register_forward_hook(record)
         try:
             output = self.generate(inputs, return_dict_in_generate=True, **kwargs)
         finally:
             handle.remove()
-        thought_ids, mixing_weights = zip(*steps)
+        thought_ids, mixing_weights, thought_used = zip(*steps)
         return QuietStarGenerateOutput(
-            **output, thought_ids=torch.stack(thought_ids, dim=1), mixing_weights=torch.stack(mixing_weights, dim=1)
+            **output,
+            thought_ids=torch.stack(thought_ids, dim=1),
+            mixing_weights=torch.stack(mixing_weights, dim=1),
+            thought_used=torch.stack(thought_used, dim=1),
         )
 
 

@@ -64,6 +64,17 @@ class QuietStarConfigMixin:
             this size and never keep a chunk's logits for backward (with V = 32002 one chunk of 1024 rows is 131 MB
             in fp32). Smaller saves memory for large vocabularies; it never changes results beyond float rounding.
             At least 1.
+        think_threshold (`float`, defaults to 0.0):
+            Adaptive thinking in eval mode (generation, evaluation): a position thinks only where the fitted thought
+            gate (`fit_thought_gate`) predicts that its thought changes the next-token distribution by at least this
+            much, measured as KL(thought-mixed || base) in nats; elsewhere the model returns the base prediction and,
+            on a KV cache, runs no thought at all. 0 thinks at every position. A model whose gate was never fitted
+            thinks at every position whatever the threshold. At least 0.
+        distill_loss_weight (`float`, defaults to 0.0):
+            Weight of the distillation term added to the training loss: the mean over scored positions of
+            KL(thought-mixed || base) of the next-token distribution, with the thought-mixed prediction as a no-grad
+            teacher, so the base (no-thinking) prediction learns what the thinking model predicts and the model can
+            then generate with `thinking=False` at the base model's cost. 0 turns it off. At least 0.
     """
 
     n_thought_tokens: int = 11
@@ -81,6 +92,8 @@ class QuietStarConfigMixin:
     thinking: bool = True
     attention_impl: str = "auto"
     lm_head_chunk_size: int = 1024
+    think_threshold: float = 0.0
+    distill_loss_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -130,6 +143,10 @@ class QuietStarConfigMixin:
             not self.policy_loss_weight >= 0
         ):
             raise ValueError(f"{type(self).__name__}.policy_loss_weight must be a number >= 0, got {self.policy_loss_weight!r}")
+        for name in ("think_threshold", "distill_loss_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be a number >= 0, got {value!r}")
         if isinstance(self.base_loss_weight, bool) or not isinstance(self.base_loss_weight, (int, float)) or not (
             0 <= self.base_loss_weight <= 1
         ):

@@ -16,12 +16,15 @@ with the base hidden state of position i + j - 1 by the mixing head, predicts x[
 `losses_quietstar`.
 
 Inference (`model.eval()`): `.logits` are the thought-mixed next-token logits of every position (one thought per
-position at `inference_thought_temperature`, greedy by default, unless `thought_ids` are given). Without a cache, or
+position at `inference_thought_temperature`, greedy by default, unless `thought_ids` are given). With a fitted
+thought gate and `think_threshold` > 0, positions whose predicted thought effect is below the threshold return the
+base logits instead (adaptive thinking; `QuietStarThoughtGate`). Without a cache, or
 into an empty cache, all positions think in parallel as in training. Extending a non-empty cache, or when only the
 last position's logits are wanted (`generate()`), each wanted position thinks on the KV cache and the thought is
 cropped out again (`generation_quietstar`), so stock `generate()` thinks before every token it emits.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +35,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .attention_quietstar import ThoughtKVStore, resolve_attention_impl
-from .chunked_lm_head import sample_thought_tokens
+from .chunked_lm_head import linear_distillation_kl, sample_thought_tokens
 from .thinking_config import QuietStarConfigMixin
 from .generation_quietstar import QuietStarGenerationMixin, check_thinking_cache
 from .losses_quietstar import IGNORE_INDEX, look_ahead_scores, quietstar_loss, shift_left
@@ -55,10 +58,17 @@ class QuietStarCausalLMOutput(CausalLMOutputWithPast):
         Mean over positions of the (clipped) advantage.
     mean_mixing_weight (`torch.FloatTensor`, *optional*):
         Mean mixing weight w over scored positions (0 = base prediction only).
+    distill_loss (`torch.FloatTensor`, *optional*):
+        Training: the distillation term before its weight, mean KL(thought-mixed || base) over scored positions
+        (detached); 0 when `distill_loss_weight` is 0 (not computed).
     thought_ids (`torch.LongTensor` of shape `(batch_size, kept_length, n_thought_tokens - 2)`, *optional*):
-        Eval mode: the thought content tokens behind each returned position's logits.
+        Eval mode: the thought content tokens behind each returned position's logits; -100 where the position did
+        not think (`thought_used` False).
     mixing_weights (`torch.FloatTensor` of shape `(batch_size, kept_length)`, *optional*):
-        Eval mode: the mixing weight w of each returned position.
+        Eval mode: the mixing weight w of each returned position (0 where it did not think).
+    thought_used (`torch.BoolTensor` of shape `(batch_size, kept_length)`, *optional*):
+        Eval mode: whether each returned position's logits are thought-mixed (False where the thought gate
+        predicted an effect below `think_threshold` and the base logits were returned).
     """
 
     base_loss: torch.FloatTensor | None = None
@@ -67,8 +77,10 @@ class QuietStarCausalLMOutput(CausalLMOutputWithPast):
     mean_reward: torch.FloatTensor | None = None
     mean_advantage: torch.FloatTensor | None = None
     mean_mixing_weight: torch.FloatTensor | None = None
+    distill_loss: torch.FloatTensor | None = None
     thought_ids: torch.LongTensor | None = None
     mixing_weights: torch.FloatTensor | None = None
+    thought_used: torch.BoolTensor | None = None
 
 
 @dataclass
@@ -143,6 +155,40 @@ class QuietStarMixingHead(nn.Module):
         return h_base + weight * (h_thought - h_base), weight
 
 
+class QuietStarThoughtGate(nn.Module):
+    """Linear head (H -> 1) on the base hidden state of a position predicting log KL(thought-mixed || base) of its
+    next-token distribution: how much thinking there would change the prediction (natural log of nats).
+
+    Adaptive thinking skips the thought where the predicted KL is below `config.think_threshold`. The gate is fitted
+    after training on the model's own thoughts (`quietstar.fit_thought_gate`, a ridge regression); it is never
+    trained by the main loss, so it cannot change the thoughts or the LM. Its `weight` (1, H) and `bias` (1,) are
+    persistent buffers, not parameters: they are saved and loaded with the checkpoint but no optimizer sees them. An
+    unfitted gate (weight 0, bias +inf, also what a checkpoint without a gate loads as) predicts an infinite
+    effect: the model thinks at every position.
+    """
+
+    def __init__(self, config: QuietStarConfigMixin):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(1, config.hidden_size))
+        self.register_buffer("bias", torch.full((1,), math.inf))
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the gate has been fitted (an unfitted one has an infinite bias)."""
+        return bool(torch.isfinite(self.bias).all())
+
+    def predicted_log_kl(self, base_hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) base hidden states -> (...) predicted log KL(thought-mixed || base)."""
+        return nn.functional.linear(base_hidden.to(self.weight.dtype), self.weight, self.bias).squeeze(-1)
+
+    def thinks(self, base_hidden: torch.Tensor, threshold: float) -> torch.BoolTensor:
+        """(..., H) base hidden states -> (...) True where the position should think: always with `threshold` 0 or
+        an unfitted gate, else where the predicted KL is at least `threshold` nats."""
+        if threshold <= 0 or not self.fitted:
+            return torch.ones(base_hidden.shape[:-1], dtype=torch.bool, device=base_hidden.device)
+        return self.predicted_log_kl(base_hidden) >= math.log(threshold)
+
+
 class QuietStarModelMixin(QuietStarGenerationMixin):
     """The thinking algorithm, mixed in before a family's `...ForCausalLM` class.
 
@@ -159,10 +205,14 @@ class QuietStarModelMixin(QuietStarGenerationMixin):
             layer.self_attn = self.thought_attention_class(config, layer_idx)
         self.mixing_head = QuietStarMixingHead(config)
         self.thought_embeddings = QuietStarThoughtEmbeddings(config)
+        self.thought_gate = QuietStarThoughtGate(config)
         self.post_init()
 
     def _init_weights(self, module):
-        if isinstance(module, ZeroInitLinear):
+        if isinstance(module, QuietStarThoughtGate):
+            init.zeros_(module.weight)
+            init.constant_(module.bias, math.inf)
+        elif isinstance(module, ZeroInitLinear):
             init.zeros_(module.weight)
         elif isinstance(module, QuietStarThoughtEmbeddings):
             init.zeros_(module.weight)
@@ -312,10 +362,17 @@ class QuietStarModelMixin(QuietStarGenerationMixin):
                 thought_ids=thought_ids,
                 past_key_values=cache,
             )
-            logits = self.thinking_logits(passes.talk_hidden[0][:, keep])
-            kept_thoughts, weights = passes.thought_ids[:, keep], passes.mixing_weights[0][:, keep]
+            base_hidden = passes.base_hidden[:, keep]
+            thought_used = self.thought_gate.thinks(base_hidden, self.config.think_threshold)
+            logits, kept_thoughts, weights = self.gated_thinking_outputs(
+                base_hidden,
+                passes.talk_hidden[0][:, keep],
+                passes.thought_ids[:, keep],
+                passes.mixing_weights[0][:, keep],
+                thought_used,
+            )
         else:
-            logits, kept_thoughts, weights = self._sequential_thoughts(
+            logits, kept_thoughts, weights, thought_used = self._sequential_thoughts(
                 inputs_embeds,
                 attention_mask,
                 position_ids,
@@ -333,6 +390,33 @@ class QuietStarModelMixin(QuietStarGenerationMixin):
             mean_mixing_weight=weights.mean().detach(),
             thought_ids=kept_thoughts,
             mixing_weights=weights,
+            thought_used=thought_used,
+        )
+
+    def gated_thinking_outputs(
+        self,
+        base_hidden: torch.Tensor,
+        mixed_hidden: torch.Tensor,
+        thought_ids: torch.LongTensor,
+        mixing_weights: torch.Tensor,
+        thought_used: torch.BoolTensor,
+    ) -> tuple[torch.Tensor, torch.LongTensor, torch.Tensor]:
+        """The eval-mode outputs of positions that thought or were skipped by the thought gate.
+
+        Args:
+            base_hidden: (B, K, H) base hidden states; mixed_hidden: (B, K, H) thought-mixed ones.
+            thought_ids: (B, K, n_thought_tokens - 2) thought content tokens; mixing_weights: (B, K).
+            thought_used: (B, K) False where the position did not think.
+
+        Returns:
+            logits (B, K, V) (`thinking_logits` of the mixed state, or of the base state where the position did not
+            think), thought ids (-100 where it did not think) and mixing weights (0 there).
+        """
+        hidden = torch.where(thought_used.unsqueeze(-1), mixed_hidden, base_hidden)
+        return (
+            self.thinking_logits(hidden),
+            thought_ids.masked_fill(~thought_used.unsqueeze(-1), IGNORE_INDEX),
+            mixing_weights.masked_fill(~thought_used, 0),
         )
 
     def _parallel_thinking_forward(self, input_ids, inputs_embeds, attention_mask, position_ids, labels, thought_ids):
@@ -368,15 +452,42 @@ class QuietStarModelMixin(QuietStarGenerationMixin):
             policy_loss_weight=config.policy_loss_weight,
             clip_negative_rewards=config.clip_negative_rewards,
         )
+        loss, distill_loss = losses.loss, torch.zeros_like(losses.base_nll)
+        if config.distill_loss_weight > 0:
+            distill_loss = self.distillation_loss(passes.base_hidden, passes.talk_hidden[0], scores.talk_scored[0])
+            loss = loss + config.distill_loss_weight * distill_loss
         return QuietStarCausalLMOutput(
-            loss=losses.loss,
+            loss=loss,
             base_loss=losses.base_nll,
             thought_loss=losses.thought_nll,
             policy_loss=losses.policy_loss,
             mean_reward=losses.mean_reward,
             mean_advantage=losses.mean_advantage,
             mean_mixing_weight=passes.mixing_weights[0][scores.talk_scored[0]].mean().detach(),
+            distill_loss=distill_loss.detach(),
         )
+
+    def distillation_loss(
+        self, base_hidden: torch.Tensor, mixed_hidden: torch.Tensor, scored: torch.BoolTensor
+    ) -> torch.Tensor:
+        """Mean over the `scored` positions of KL(thought-mixed || base) of the next-token distribution, both over
+        the text vocabulary (meta tokens left out), the thought-mixed prediction a no-grad teacher.
+
+        Args:
+            base_hidden: (B', L, H) base hidden states (the student; gradients flow into them and the LM head).
+            mixed_hidden: (B', L, H) hidden states of the thought-mixed prediction of the next token (the teacher).
+            scored: (B', L) positions with a next-token target.
+        """
+        row_weights = scored.float() / scored.sum().clamp(min=1)
+        loss, _ = linear_distillation_kl(
+            base_hidden,
+            mixed_hidden,
+            self.lm_head.weight,
+            row_weights,
+            banned_ids=self._meta_token_ids(base_hidden.device),
+            chunk_size=self.config.lm_head_chunk_size,
+        )
+        return loss
 
     def run_parallel_thoughts(
         self,
@@ -542,4 +653,10 @@ def _kept_positions(logits_to_keep: int | torch.Tensor, length: int, device) -> 
     return torch.arange(max(length - logits_to_keep, 0) if logits_to_keep else 0, length, device=device)
 
 
-__all__ = ["QuietStarCausalLMOutput", "QuietStarMixingHead", "QuietStarModelMixin", "QuietStarThoughtEmbeddings"]
+__all__ = [
+    "QuietStarCausalLMOutput",
+    "QuietStarMixingHead",
+    "QuietStarModelMixin",
+    "QuietStarThoughtEmbeddings",
+    "QuietStarThoughtGate",
+]

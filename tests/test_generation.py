@@ -108,7 +108,7 @@ def test_generation_without_thinking_is_token_for_token_mistral(decoding):
     mistral = MistralForCausalLM(model.config).eval()
     mistral.generation_config.suppress_tokens = [START_ID, END_ID]
     missing, unexpected = mistral.load_state_dict(model.state_dict(), strict=False)
-    assert not missing and set(unexpected) <= {k for k in model.state_dict() if k.split(".")[0] in ("mixing_head", "thought_embeddings")}
+    assert not missing and set(unexpected) <= {k for k in model.state_dict() if k.split(".")[0] in ("mixing_head", "thought_embeddings", "thought_gate")}
     input_ids, attention_mask = left_padded_prompt()
     kwargs = dict(attention_mask=attention_mask, max_new_tokens=8, pad_token_id=0, **DECODING[decoding])
     torch.manual_seed(3)

@@ -137,6 +137,22 @@ class DataConfig:
 
 
 @dataclass
+class ThoughtLengthStage:
+    """One stage of the thought-length curriculum (`TrainConfig.thought_curriculum`).
+
+    Attributes:
+        step: First optimizer step (0-based, as counted by the run and its checkpoints) of the stage.
+        n_thought_tokens: Tokens per thought (both meta tokens included) from that step on. At least 3.
+        n_ahead_talk: Look-ahead tokens scored after each thought from that step on. At least 1, below
+            `data.seq_len`.
+    """
+
+    step: int
+    n_thought_tokens: int
+    n_ahead_talk: int
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and parallelism.
 
@@ -169,6 +185,11 @@ class TrainConfig:
         device: `auto` (CUDA when available), `cpu` or `cuda`.
         seed: Seeds model initialisation and thought sampling. Sampling is re-seeded before every micro-batch from
             (seed, step, global micro-batch index), so it does not depend on the world size or on resuming.
+        thought_curriculum: Thought lengths that change over training, as stages `{step, n_thought_tokens,
+            n_ahead_talk}` with strictly increasing steps (e.g. 16/8, then 12/4, then 8/4, the
+            schedule of Fast Quiet-STaR). From each stage's step on, the model thinks with its lengths; before the first
+            stage the `model.quietstar` (or checkpoint) values apply. A resumed run uses the stage in force at its
+            step. Empty (the default): the lengths never change.
     """
 
     max_steps: int = 100
@@ -188,6 +209,7 @@ class TrainConfig:
     reshard_after_forward: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    thought_curriculum: list[ThoughtLengthStage] = field(default_factory=list)
 
 
 @dataclass
@@ -441,6 +463,7 @@ def validate(config: JobConfig) -> None:
             raise ConfigError(f"train.trainable_parameters.{i} {pattern!r} is not a regular expression: {error}") from None
     if train.trainable_parameters == []:
         raise ConfigError("train.trainable_parameters must list at least one pattern (null trains every parameter)")
+    _validate_curriculum(train, data.seq_len)
 
     _positive(config.checkpoint.interval, "checkpoint.interval", minimum=0)
     _positive(config.checkpoint.keep_last, "checkpoint.keep_last")
@@ -471,6 +494,20 @@ def _local_checkpoint_family(name_or_path: str) -> Family | None:
         return family_of(str(model_type), f"model.name_or_path {name_or_path}")
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _validate_curriculum(train: TrainConfig, seq_len: int) -> None:
+    previous = None
+    for i, stage in enumerate(train.thought_curriculum):
+        key = f"train.thought_curriculum.{i}"
+        _positive(stage.step, f"{key}.step", minimum=0)
+        if previous is not None and stage.step <= previous:
+            raise ConfigError(f"{key}.step must be greater than the previous stage's step ({previous}), got {stage.step}")
+        _positive(stage.n_thought_tokens, f"{key}.n_thought_tokens", minimum=3)
+        _positive(stage.n_ahead_talk, f"{key}.n_ahead_talk")
+        if stage.n_ahead_talk >= seq_len:
+            raise ConfigError(f"{key}.n_ahead_talk ({stage.n_ahead_talk}) must be below data.seq_len ({seq_len})")
+        previous = stage.step
 
 
 def _positive(value: int, key: str, minimum: int = 1) -> None:

@@ -9,7 +9,10 @@ from torch.distributed.tensor import DTensor
 from .parallel import DTYPES, World, reshard_parameters
 
 # Scalars of the model's training output that are logged (averaged over micro-batches and ranks).
-LOSS_FIELDS = ("loss", "base_loss", "thought_loss", "policy_loss", "mean_reward", "mean_advantage", "mean_mixing_weight")
+LOSS_FIELDS = (
+    "loss", "base_loss", "thought_loss", "policy_loss", "mean_reward", "mean_advantage", "mean_mixing_weight",
+    "distill_loss",
+)
 
 
 def sampling_seed(seed: int, step: int, micro_batch_index: int) -> int:
