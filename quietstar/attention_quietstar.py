@@ -174,13 +174,13 @@ class _MergedThoughtAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, base_key, base_value, key_padding_mask, scaling, n_passes, *thought_kv):
+    def forward(ctx, query, base_key, base_value, key_padding_mask, scaling, dtype, n_passes, *thought_kv):
         thought_keys, thought_values = thought_kv[:n_passes], thought_kv[n_passes:]
-        kv_heads, compute = base_key.shape[1], _compute_dtype(query)
+        kv_heads, compute = base_key.shape[1], torch.promote_types(dtype, torch.float32)
         fused = query.device.type == "cpu"
-        mask = _base_attention_mask(key_padding_mask, query.shape[2], query.dtype)
+        mask = _base_attention_mask(key_padding_mask, query.shape[2], dtype)
         base_out, kernel_lse = (_fused_base_forward if fused else _math_base_forward)(
-            query, base_key, base_value, mask, scaling
+            query.to(dtype), base_key.to(dtype), base_value.to(dtype), mask, scaling
         )
         base_lse = kernel_lse.to(compute)
         if key_padding_mask is not None:
@@ -194,7 +194,7 @@ class _MergedThoughtAttention(torch.autograd.Function):
         )
         for pass_idx, value in enumerate(thought_values):
             out = out + torch.exp(scores[..., pass_idx] - lse).unsqueeze(-1) * value.to(compute).unsqueeze(2)
-        out = rearrange(out, "b h g l d -> b (h g) l d").to(query.dtype)
+        out = rearrange(out, "b h g l d -> b (h g) l d").to(dtype)
         ctx.save_for_backward(query, base_key, base_value, out, kernel_lse, base_lse, lse, key_padding_mask, *thought_kv)
         ctx.scaling, ctx.n_passes, ctx.fused = scaling, n_passes, fused
         return out
@@ -218,16 +218,18 @@ class _MergedThoughtAttention(torch.autograd.Function):
             grad_thought_keys.append(torch.einsum("bhgl,bhgld->bhld", grad_scores, query_g).to(key.dtype))
             grad_thought_values.append(torch.einsum("bhgl,bhgld->bhld", probs, grad_out_g).to(value.dtype))
         base_weight = torch.exp(rearrange(base_lse, "b (h g) l -> b h g l", h=kv_heads) - lse).unsqueeze(-1)
-        base_grad_out = rearrange(base_weight * grad_out_g, "b h g l d -> b (h g) l d").to(query.dtype)
-        mask = _base_attention_mask(key_padding_mask, query.shape[2], query.dtype)
+        dtype = out.dtype
+        base_grad_out = rearrange(base_weight * grad_out_g, "b h g l d -> b (h g) l d").to(dtype)
+        mask = _base_attention_mask(key_padding_mask, query.shape[2], dtype)
         grad_query_base, grad_base_key, grad_base_value = (_fused_base_backward if ctx.fused else _math_base_backward)(
-            base_grad_out, query, base_key, base_value, out, kernel_lse, mask, scaling
+            base_grad_out, query.to(dtype), base_key.to(dtype), base_value.to(dtype), out, kernel_lse, mask, scaling
         )
         grad_query = rearrange(grad_query, "b h g l d -> b (h g) l d") + grad_query_base.to(compute)
         return (
             grad_query.to(query.dtype),
             grad_base_key.to(base_key.dtype),
             grad_base_value.to(base_value.dtype),
+            None,
             None,
             None,
             None,
@@ -244,8 +246,12 @@ def torch_thought_attention(query, base_key, base_value, thought_keys, thought_v
     same contract in plain torch with the L x L scores living during the call only. Saved for backward: the inputs
     (each pass's K/V once, never a stacked copy), the output and (B, H, L) fp32 log-sum-exps.
     """
+    device_type = query.device.type
+    # Under autocast the base part runs in the autocast dtype, as the plain pass's SDPA does (RoPE leaves q and k in
+    # float32 there while v is in the autocast dtype); the casts are made inside, so they are not kept for backward.
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else query.dtype
     out = _MergedThoughtAttention.apply(
-        query, base_key, base_value, key_padding_mask, scaling, len(thought_keys), *thought_keys, *thought_values
+        query, base_key, base_value, key_padding_mask, scaling, dtype, len(thought_keys), *thought_keys, *thought_values
     )
     return out.transpose(1, 2)
 

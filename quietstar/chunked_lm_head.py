@@ -17,10 +17,12 @@ logits live only while that chunk is processed:
   upstream gradient is non-zero (with clipped advantages and two thoughts per position, about half of them).
 
 Shapes: `hidden` is (..., H) (N rows once the leading dimensions are flattened), `weight` is the (V, H) head
-weight (no bias). Logits are computed in the dtype `lm_head(hidden)` would multiply in (under autocast, the autocast
-dtype; the cast happens per chunk, so no cast copy of the weight is kept), and the softmax in
-`promote_types(dtype, float32)`; per-row outputs are in that dtype (float32 for bfloat16/float32, float64 for
-float64). Gradients come back in the dtypes of `hidden` and `weight`.
+weight (no bias). Logits, softmaxes and per-row outputs are computed in float32 whatever the dtypes of `hidden` and
+`weight` and whether autocast is on (float64 when an input is float64): the rewards of Quiet-STaR are differences of
+two NLLs of the same token whose logits differ by far less than bfloat16's resolution (about 0.1 at a logit of 20),
+so bfloat16 logits would turn the rewards into rounding noise. The upcast happens per chunk of rows (the weight is
+upcast once per call, a transient copy that is never kept for backward). Gradients come back in the dtypes of
+`hidden` and `weight`.
 """
 
 import torch
@@ -29,13 +31,10 @@ DEFAULT_CHUNK_SIZE = 1024
 
 
 def _matmul_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """The dtype `F.linear(hidden, weight)` multiplies in: the autocast dtype under autocast, else the promoted one."""
+    """The dtype the head multiplies in: float32, or float64 when an input is float64 (never an autocast dtype)."""
     if hidden.shape[-1] != weight.shape[-1]:
         raise ValueError(f"hidden size {hidden.shape[-1]} does not match the head weight's {tuple(weight.shape)}")
-    device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return torch.promote_types(hidden.dtype, weight.dtype)
+    return torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
 
 
 def _check_chunk_size(chunk_size: int) -> None:
@@ -46,9 +45,10 @@ def _check_chunk_size(chunk_size: int) -> None:
 def _chunk_logits(hidden_rows: torch.Tensor, weight: torch.Tensor, banned_ids: torch.Tensor | None) -> torch.Tensor:
     """(c, H) rows and the (V, H) weight, both in the matmul dtype -> (c, V) logits, -inf at `banned_ids`.
 
-    The logits are in promote_types(matmul dtype, float32).
+    Autocast is switched off for the product, so the logits are in the matmul dtype.
     """
-    logits = (hidden_rows @ weight.T).to(torch.promote_types(weight.dtype, torch.float32))
+    with torch.autocast(hidden_rows.device.type, enabled=False):
+        logits = hidden_rows @ weight.T
     if banned_ids is not None:
         logits.index_fill_(-1, banned_ids, float("-inf"))
     return logits
@@ -64,12 +64,13 @@ def _head_backward(
     """Backpropagate the (c, V) `grad_logits` of `rows @ matmul_weight.T`: add the (V, H) gradient of the weight
     into `grad_weight` (when not None) and return the (c, H) gradient of the rows (when `needs_rows`, else None)."""
     grad_logits = grad_logits.to(matmul_weight.dtype)
-    if grad_weight is not None:
-        if grad_weight.dtype == rows.dtype:
-            grad_weight.addmm_(grad_logits.T, rows)
-        else:
-            grad_weight += (grad_logits.T @ rows).to(grad_weight.dtype)
-    return grad_logits @ matmul_weight if needs_rows else None
+    with torch.autocast(rows.device.type, enabled=False):
+        if grad_weight is not None:
+            if grad_weight.dtype == rows.dtype:
+                grad_weight.addmm_(grad_logits.T, rows)
+            else:
+                grad_weight += (grad_logits.T @ rows).to(grad_weight.dtype)
+        return grad_logits @ matmul_weight if needs_rows else None
 
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
