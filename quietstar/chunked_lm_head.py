@@ -77,6 +77,22 @@ def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits if temperature == 1 else logits / temperature
 
 
+def _scaled_(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`_scaled` in place."""
+    return logits if temperature == 1 else logits.div_(temperature)
+
+
+def _softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Overwrite (c, V) logits with their softmax and return the (c, 1) log-sum-exp of each row.
+
+    In place, so a chunk needs one (c, V) buffer: `torch.logsumexp` and `torch.softmax` would each allocate another.
+    """
+    shift = logits.amax(dim=-1, keepdim=True)
+    sums = logits.sub_(shift).exp_().sum(dim=-1, keepdim=True)
+    logits.div_(sums)
+    return shift + sums.log()
+
+
 def _pick_tokens(logits: torch.Tensor, temperature: float, uniform: torch.Tensor | None) -> torch.LongTensor:
     """(c, V) logits -> (c,) tokens: the argmax at temperature 0, else one inverse-CDF draw per row.
 
@@ -114,16 +130,18 @@ class _WeightedLinearCrossEntropy(torch.autograd.Function):
             chunk = slice(start, start + chunk_size)
             rows = hidden[chunk].to(matmul_dtype)
             logits = _chunk_logits(rows, matmul_weight, None)
-            logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
             target = targets[chunk].unsqueeze(-1)
-            nll[chunk] = (logsumexp - logits.gather(-1, target)).squeeze(-1)
+            target_logit = logits.gather(-1, target)
+            nll[chunk] = (_softmax_(logits) - target_logit).squeeze(-1)
             if needs_hidden or needs_weight:
                 chunk_weights = row_weights[chunk].unsqueeze(-1)
-                grad_logits = logits.sub_(logsumexp).exp_().mul_(chunk_weights)
+                grad_logits = logits.mul_(chunk_weights)
                 grad_logits.scatter_add_(-1, target, -chunk_weights)
                 grad_rows = _head_backward(grad_logits, rows, matmul_weight, grad_weight, needs_hidden)
                 if needs_hidden:
                     grad_hidden[chunk] = grad_rows
+                del grad_logits
+            del logits  # before the next chunk's logits are allocated
         if needs_weight:
             grad_weight = grad_weight.to(weight.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -167,9 +185,11 @@ class _ChunkedTokenLogProb(torch.autograd.Function):
             logits = _chunk_logits(hidden[chunk].to(matmul_dtype), matmul_weight, banned_ids)
             if given_tokens is None:
                 tokens[chunk] = _pick_tokens(logits, sample_temperature, None if uniform is None else uniform[chunk])
-            scaled = _scaled(logits, temperature)
-            logsumexp[chunk] = torch.logsumexp(scaled, dim=-1)
-            logprob[chunk] = scaled.gather(-1, tokens[chunk].unsqueeze(-1)).squeeze(-1) - logsumexp[chunk]
+            scaled = _scaled_(logits, temperature)
+            token_logit = scaled.gather(-1, tokens[chunk].unsqueeze(-1)).squeeze(-1)
+            logsumexp[chunk] = _softmax_(scaled).squeeze(-1)
+            logprob[chunk] = token_logit - logsumexp[chunk]
+            del logits, scaled  # before the next chunk's logits are allocated
         ctx.save_for_backward(hidden, weight, tokens, logsumexp, banned_ids)
         ctx.temperature, ctx.chunk_size, ctx.matmul_dtype = temperature, chunk_size, matmul_dtype
         ctx.mark_non_differentiable(tokens)
@@ -188,13 +208,14 @@ class _ChunkedTokenLogProb(torch.autograd.Function):
             chunk = active[start : start + ctx.chunk_size]
             rows = hidden[chunk].to(ctx.matmul_dtype)
             grad_rows = grad_logprob[chunk].to(compute_dtype).unsqueeze(-1)
-            scaled = _scaled(_chunk_logits(rows, matmul_weight, banned_ids), ctx.temperature)
-            grad_logits = (scaled - logsumexp[chunk].unsqueeze(-1)).exp_().mul_(-grad_rows)
+            scaled = _scaled_(_chunk_logits(rows, matmul_weight, banned_ids), ctx.temperature)
+            grad_logits = scaled.sub_(logsumexp[chunk].unsqueeze(-1)).exp_().mul_(-grad_rows)
             grad_logits.scatter_add_(-1, tokens[chunk].unsqueeze(-1), grad_rows)
-            grad_logits = _scaled(grad_logits, ctx.temperature)
+            grad_logits = _scaled_(grad_logits, ctx.temperature)
             grad_chunk = _head_backward(grad_logits, rows, matmul_weight, grad_weight, needs_hidden)
             if needs_hidden:
                 grad_hidden[chunk] = grad_chunk.to(grad_hidden.dtype)
+            del scaled, grad_logits  # before the next chunk's logits are allocated
         if needs_weight:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None, None, None, None
@@ -309,6 +330,7 @@ def sample_thought_tokens(
                 chunk = slice(start, start + chunk_size)
                 logits = _chunk_logits(rows[chunk].to(matmul_dtype), matmul_weight, banned)
                 tokens[chunk] = _pick_tokens(logits, sample_temperature, None if uniform is None else uniform[chunk])
+                del logits  # before the next chunk's logits are allocated
         return tokens.view(leading), None
     if logprob_temperature <= 0:
         raise ValueError(f"logprob_temperature must be > 0 (or None), got {logprob_temperature}")

@@ -1,8 +1,11 @@
 """The chunked LM-head operations against the unfused computation: values, gradients, sampled tokens, saved memory."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from scripts import load_script
 
 from quietstar.chunked_lm_head import sample_thought_tokens, weighted_linear_cross_entropy
 
@@ -316,3 +319,40 @@ def test_chunked_functions_save_no_vocabulary_sized_tensor_per_row():
     assert chunked_bytes <= 2 * (hidden.nbytes + weight.nbytes) + rows * (8 + 4) + 16
     assert chunked_bytes < sum(nbytes for nbytes, _ in unfused_saved.values()) / 4
     torch.autograd.grad(nll + logprob.sum(), (hidden, weight))  # and backward runs from what was saved
+
+
+def peak_transient_bytes(function) -> int:
+    """Largest total of tensor bytes allocated by `function()` and live at once, minus what is live when it returns
+    (the profiler's memory timeline; tensors that existed before the call are not counted)."""
+    bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step_peak.py", "bench_step_peak")
+    with torch.profiler.profile(record_shapes=True, with_stack=True, profile_memory=True) as prof:
+        output = function()
+    timeline = bench.live_bytes_timeline(prof)
+    return max(timeline) - timeline[-1], output
+
+
+def test_a_chunk_needs_one_vocabulary_sized_buffer():
+    """Forward and backward of both chunked functions hold at most one (chunk, V) fp32 logits buffer at a time (plus
+    the sampler's softmax and CDF while it draws), never the previous chunk's next to the current one's."""
+    rows, vocab, chunk = 64, 4096, 16
+    generator = torch.Generator().manual_seed(11)
+    hidden = torch.randn(rows, HIDDEN, generator=generator, requires_grad=True)
+    weight = torch.randn(vocab, HIDDEN, generator=generator, requires_grad=True)
+    targets = torch.randint(0, vocab, (rows,), generator=generator)
+    buffer = chunk * vocab * 4
+    small = 2 * weight.nbytes + 8 * rows * HIDDEN * 4  # gradients of the weight and of the rows, row vectors
+
+    def cross_entropy():
+        loss, _ = weighted_linear_cross_entropy(hidden, weight, targets, torch.ones(rows), chunk_size=chunk)
+        return torch.autograd.grad(loss, (hidden, weight))
+
+    def log_probability(given):
+        _, logprob = sample_thought_tokens(
+            hidden, weight, banned_ids=[0], sample_temperature=1.0, logprob_temperature=3.0, chunk_size=chunk,
+            given_tokens=targets if given else None,
+        )
+        return torch.autograd.grad(logprob.sum(), (hidden, weight))
+
+    assert peak_transient_bytes(cross_entropy)[0] < buffer + small
+    assert peak_transient_bytes(lambda: log_probability(given=True))[0] < buffer + small
+    assert peak_transient_bytes(lambda: log_probability(given=False))[0] < 3 * buffer + small
