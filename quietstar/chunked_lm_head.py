@@ -97,16 +97,19 @@ def _pick_tokens(logits: torch.Tensor, temperature: float, uniform: torch.Tensor
     """(c, V) logits -> (c,) tokens: the argmax at temperature 0, else one inverse-CDF draw per row.
 
     `uniform` (c,) holds one number in [0, 1) per row. Zero-probability entries (banned ids) are never drawn; if
-    float rounding lands past the last non-zero entry, the row's most likely token is taken.
+    float rounding lands past the last non-zero entry, the row's most likely token is taken. The CDF is summed in
+    place in the softmax's buffer, so a draw needs one (c, V) buffer besides the logits (at temperature 1); whether
+    a token has probability 0 is read off the logits (exp(x - max) = 0, as at a banned id's -inf).
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(_scaled(logits.float(), temperature), dim=-1)
-    cdf = probs.cumsum(dim=-1)
+    scaled = _scaled(logits.float(), temperature)
+    cdf = torch.softmax(scaled, dim=-1).cumsum_(dim=-1)
     threshold = uniform.unsqueeze(-1) * cdf[:, -1:]
-    tokens = torch.searchsorted(cdf, threshold, right=True).clamp(max=probs.shape[-1] - 1)
-    drawable = probs.gather(-1, tokens) > 0
-    return torch.where(drawable, tokens, probs.argmax(dim=-1, keepdim=True)).squeeze(-1)
+    tokens = torch.searchsorted(cdf, threshold, right=True).clamp(max=cdf.shape[-1] - 1)
+    del cdf
+    drawable = (scaled.gather(-1, tokens) - scaled.amax(dim=-1, keepdim=True)).exp_() > 0
+    return torch.where(drawable, tokens, scaled.argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
 class _WeightedLinearCrossEntropy(torch.autograd.Function):

@@ -333,7 +333,7 @@ def peak_transient_bytes(function) -> int:
 
 def test_a_chunk_needs_one_vocabulary_sized_buffer():
     """Forward and backward of both chunked functions hold at most one (chunk, V) fp32 logits buffer at a time (plus
-    the sampler's softmax and CDF while it draws), never the previous chunk's next to the current one's."""
+    the sampler's CDF while it draws), never the previous chunk's next to the current one's."""
     rows, vocab, chunk = 64, 4096, 16
     generator = torch.Generator().manual_seed(11)
     hidden = torch.randn(rows, HIDDEN, generator=generator, requires_grad=True)
@@ -355,4 +355,4 @@ def test_a_chunk_needs_one_vocabulary_sized_buffer():
 
     assert peak_transient_bytes(cross_entropy)[0] < buffer + small
     assert peak_transient_bytes(lambda: log_probability(given=True))[0] < buffer + small
-    assert peak_transient_bytes(lambda: log_probability(given=False))[0] < 3 * buffer + small
+    assert peak_transient_bytes(lambda: log_probability(given=False))[0] < 2 * buffer + small
