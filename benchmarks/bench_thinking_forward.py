@@ -15,6 +15,7 @@ one untimed warm-up call at the smallest L.
 
     python benchmarks/bench_thinking_forward.py --out-dir benchmarks/results --label after
     python benchmarks/bench_thinking_forward.py --real-model --seq-lens 1024 --label after_real
+    python benchmarks/bench_thinking_forward.py --plot benchmark_runs/thinking_forward_*_cpu.json
 """
 
 import argparse
@@ -56,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="rounds of timed calls per L (the minimum is kept)")
     parser.add_argument("--out-dir", type=Path, default=RUNS_DIR, help="where the JSON and markdown go")
     parser.add_argument("--label", default="", help="added to the file name, e.g. 'before'")
+    parser.add_argument(
+        "--plot", type=Path, nargs="+", metavar="JSON", help="only plot the ratio of these reports into --out-dir"
+    )
     return parser.parse_args(argv)
 
 
@@ -109,9 +113,33 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(reports: list[Path], path: Path) -> None:
+    """thinking / (P x plain) against L, one line per report (labelled by its file name)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for report_path in reports:
+        rows = json.loads(report_path.read_text())["rows"]
+        axes.plot([r["seq_len"] for r in rows], [r["ratio_to_passes_x_plain"] for r in rows], "o-", label=report_path.stem)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("L")
+    axes.set_ylabel("thinking forward / (P x plain forward)")
+    axes.axhline(1.0, color="grey", linewidth=0.5)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    logger.info("wrote %s", path)
+
+
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
+    if args.plot:
+        plot(args.plot, args.out_dir / "_".join(filter(None, ["thinking_forward", args.label, "cpu.png"])))
+        return {}
     model = build_model(args)
     passes = 1 + args.n_thought_tokens
     report = {
