@@ -489,6 +489,9 @@ class QuietStarModelMixin(QuietStarGenerationMixin):
     def thinking_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits (..., V) of thought-mixed hidden states (..., H), as a thinking model returns them.
 
+        The hidden states (float32 from the mixing head) are cast to the head's dtype, so a bfloat16 model returns
+        bfloat16 logits as its base model does.
+
         The two meta tokens are set to the lowest finite value of the dtype, so they are never predicted (whatever
         the generation config suppresses) and a softmax never sees -inf - (-inf).
         """
