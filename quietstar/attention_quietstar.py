@@ -86,29 +86,174 @@ def dense_thought_attention(query, base_key, base_value, thought_keys, thought_v
     return out.transpose(1, 2)
 
 
-def torch_thought_attention(query, base_key, base_value, thought_keys, thought_values, key_padding_mask, scaling):
-    """Causal scores (L x L) concatenated with the per-position thought scores (L x p), one softmax.
+def _compute_dtype(query: torch.Tensor) -> torch.dtype:
+    """Softmax and merge dtype: float32 for half-precision inputs, else the inputs' own."""
+    return torch.promote_types(query.dtype, torch.float32)
 
-    Exact and differentiable by autograd; memory O(L (L + p)) per head instead of the dense O(L^2 (p + 1)). The
-    thought scores and outputs are computed pass by pass from the per-pass tensors, so autograd keeps each pass's
-    K/V once (the tensors themselves) rather than a stacked copy per pass.
+
+def _base_attention_mask(key_padding_mask: torch.Tensor | None, length: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, 1, L, L) additive mask of the base keys (0 where query i may see key j, -inf elsewhere), or None when the
+    causal mask alone is right (no padding)."""
+    if key_padding_mask is None:
+        return None
+    allowed = _causal_key_mask(key_padding_mask, length, key_padding_mask.device)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+def _fused_base_forward(query, key, value, mask, scaling):
+    """Causal attention of the base keys by PyTorch's fused CPU flash-attention kernel (GQA and masks included):
+    out (B, H, L, d) and the fp32 log-sum-exp (B, H, L) of every query's scores."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, mask is None, attn_mask=mask, scale=scaling
+    )
+
+
+def _fused_base_backward(grad_out, query, key, value, out, lse, mask, scaling):
+    """The fused CPU kernel's backward: (dQ, dK, dV) from dO, the inputs, O and the LSE."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        grad_out, query, key, value, out, lse, 0.0, mask is None, attn_mask=mask, scale=scaling
+    )
+
+
+def _base_scores(query, key, mask, scaling):
+    """(B, Hkv, G, L, L) masked scores of the base keys in the compute dtype (the plain-torch path)."""
+    compute = _compute_dtype(query)
+    q = rearrange(query, "b (h g) l d -> b h g l d", h=key.shape[1]).to(compute)
+    scores = torch.einsum("bhgld,bhmd->bhglm", q, key.to(compute)) * scaling
+    if mask is None:
+        causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+        return scores.masked_fill_(~causal, float("-inf"))
+    return scores.add_(mask.unsqueeze(2))
+
+
+def _math_base_forward(query, key, value, mask, scaling):
+    """`_fused_base_forward` in plain torch, for devices without the fused CPU kernel; the L x L scores live during
+    the call only."""
+    scores = _base_scores(query, key, mask, scaling)
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse.unsqueeze(-1)).nan_to_num_(0.0)
+    out = torch.einsum("bhglm,bhmd->bhgld", probs, value.to(probs.dtype))
+    return rearrange(out, "b h g l d -> b (h g) l d").to(query.dtype), rearrange(lse, "b h g l -> b (h g) l")
+
+
+def _math_base_backward(grad_out, query, key, value, out, lse, mask, scaling):
+    """`_fused_base_backward` in plain torch: P = exp(S - LSE), dS = P (dO V^T - rowsum(dO * O))."""
+    groups = query.shape[1] // key.shape[1]
+    grouped = "b (h g) l d -> b h g l d"
+    scores = _base_scores(query, key, mask, scaling)
+    compute = scores.dtype
+    probs = torch.exp(scores - rearrange(lse, "b (h g) l -> b h g l", g=groups).unsqueeze(-1)).nan_to_num_(0.0)
+    grad_out = rearrange(grad_out.to(compute), grouped, g=groups)
+    delta = (grad_out * rearrange(out.to(compute), grouped, g=groups)).sum(-1, keepdim=True)
+    grad_value = torch.einsum("bhglm,bhgld->bhmd", probs, grad_out)
+    grad_scores = probs * (torch.einsum("bhgld,bhmd->bhglm", grad_out, value.to(compute)) - delta) * scaling
+    grad_query = torch.einsum("bhglm,bhmd->bhgld", grad_scores, key.to(compute))
+    grad_key = torch.einsum("bhglm,bhgld->bhmd", grad_scores, rearrange(query.to(compute), grouped, g=groups))
+    return rearrange(grad_query, "b h g l d -> b (h g) l d"), grad_key, grad_value
+
+
+def _thought_scores(query, thought_keys, scaling):
+    """(B, Hkv, G, L, p) scores, in the compute dtype, of each query against the thought keys of its own position."""
+    compute = _compute_dtype(query)
+    q = rearrange(query, "b (h g) l d -> b h g l d", h=thought_keys[0].shape[1]).to(compute)
+    scores = [torch.einsum("bhgld,bhld->bhgl", q, key.to(compute)) for key in thought_keys]
+    return torch.stack(scores, dim=-1) * scaling
+
+
+class _MergedThoughtAttention(torch.autograd.Function):
+    """The causal base attention (a fused kernel and its LSE) merged with the p thought scores under one softmax.
+
+    Forward: (O_b, LSE_b) of the base attention, thought scores t_k = scale q . kt_k, the joint
+    LSE = logaddexp(LSE_b, logsumexp_k t_k), and O = a O_b + sum_k p_k vt_k with a = exp(LSE_b - LSE) and
+    p_k = exp(t_k - LSE). A query with no visible base key (left padding) has LSE_b = -inf, so a = 0.
+    Backward, with Delta = rowsum(dO * O): the thought part by hand, dt_k = p_k (dO . vt_k - Delta); the base part by
+    the base kernel's own backward, given a dO as the output gradient and the merged O in place of O_b. The kernel
+    recomputes P_b = exp(S - LSE_b) and forms dS = P_b (a dO . v_j - rowsum(a dO * O)) = P (dO . v_j - Delta), where
+    P = a P_b are the joint probabilities of the base keys: exactly the gradient of the joint softmax, with no
+    gradient through LSE_b needed. Saved: the inputs, O and the (B, H, L) fp32 LSEs; never an L x L tensor.
     """
-    kv_heads = base_key.shape[1]
-    q = rearrange(query, "b (h g) l d -> b h g l d", h=kv_heads)
-    base_scores = torch.einsum("bhgld,bhmd->bhglm", q, base_key) * scaling
-    allowed = _causal_key_mask(key_padding_mask, q.shape[3], q.device).unsqueeze(2)
-    base_scores = base_scores.masked_fill(~allowed, float("-inf"))
-    # Elementwise products, not einsum: einsum would save a contiguous copy of q per pass (p copies in pass p, a
-    # P^2 term over a step), where a product saves views of q and of the pass's keys.
-    thought_scores = [(q * key.unsqueeze(2)).sum(dim=-1) * scaling for key in thought_keys]
-    length = base_scores.shape[-1]
-    softmax_dtype = torch.promote_types(query.dtype, torch.float32)
-    scores = torch.cat([base_scores, torch.stack(thought_scores, dim=-1)], dim=-1)
-    probs = torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(query.dtype)
-    out = torch.einsum("bhglm,bhmd->bhgld", probs[..., :length], base_value)
-    for pass_idx, value in enumerate(thought_values):
-        out = out + probs[..., length + pass_idx, None] * value.unsqueeze(2)
-    return rearrange(out, "b h g l d -> b l (h g) d")
+
+    @staticmethod
+    def forward(ctx, query, base_key, base_value, key_padding_mask, scaling, dtype, n_passes, *thought_kv):
+        thought_keys, thought_values = thought_kv[:n_passes], thought_kv[n_passes:]
+        kv_heads, compute = base_key.shape[1], torch.promote_types(dtype, torch.float32)
+        fused = query.device.type == "cpu"
+        mask = _base_attention_mask(key_padding_mask, query.shape[2], dtype)
+        base_out, kernel_lse = (_fused_base_forward if fused else _math_base_forward)(
+            query.to(dtype), base_key.to(dtype), base_value.to(dtype), mask, scaling
+        )
+        base_lse = kernel_lse.to(compute)
+        if key_padding_mask is not None:
+            no_base_key = ~key_padding_mask.cumsum(-1).bool()
+            base_lse = base_lse.masked_fill(no_base_key[:, None, :], float("-inf"))
+        base_lse_g = rearrange(base_lse, "b (h g) l -> b h g l", h=kv_heads)
+        scores = _thought_scores(query, thought_keys, scaling)
+        lse = torch.logaddexp(base_lse_g, torch.logsumexp(scores, dim=-1))
+        out = torch.exp(base_lse_g - lse).unsqueeze(-1) * rearrange(
+            base_out.to(compute), "b (h g) l d -> b h g l d", h=kv_heads
+        )
+        for pass_idx, value in enumerate(thought_values):
+            out = out + torch.exp(scores[..., pass_idx] - lse).unsqueeze(-1) * value.to(compute).unsqueeze(2)
+        out = rearrange(out, "b h g l d -> b (h g) l d").to(dtype)
+        ctx.save_for_backward(query, base_key, base_value, out, kernel_lse, base_lse, lse, key_padding_mask, *thought_kv)
+        ctx.scaling, ctx.n_passes, ctx.fused = scaling, n_passes, fused
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, base_key, base_value, out, kernel_lse, base_lse, lse, key_padding_mask, *thought_kv = ctx.saved_tensors
+        thought_keys, thought_values = thought_kv[: ctx.n_passes], thought_kv[ctx.n_passes :]
+        kv_heads, compute, scaling = base_key.shape[1], lse.dtype, ctx.scaling
+        grouped = "b (h g) l d -> b h g l d"
+        grad_out_g = rearrange(grad_out.to(compute), grouped, h=kv_heads)
+        delta = (grad_out_g * rearrange(out.to(compute), grouped, h=kv_heads)).sum(-1)
+        query_g = rearrange(query.to(compute), grouped, h=kv_heads)
+        scores = _thought_scores(query, thought_keys, scaling)
+        grad_query = torch.zeros_like(query_g)
+        grad_thought_keys, grad_thought_values = [], []
+        for pass_idx, (key, value) in enumerate(zip(thought_keys, thought_values)):
+            probs = torch.exp(scores[..., pass_idx] - lse)
+            grad_scores = probs * (torch.einsum("bhgld,bhld->bhgl", grad_out_g, value.to(compute)) - delta) * scaling
+            grad_query += grad_scores.unsqueeze(-1) * key.to(compute).unsqueeze(2)
+            grad_thought_keys.append(torch.einsum("bhgl,bhgld->bhld", grad_scores, query_g).to(key.dtype))
+            grad_thought_values.append(torch.einsum("bhgl,bhgld->bhld", probs, grad_out_g).to(value.dtype))
+        base_weight = torch.exp(rearrange(base_lse, "b (h g) l -> b h g l", h=kv_heads) - lse).unsqueeze(-1)
+        dtype = out.dtype
+        base_grad_out = rearrange(base_weight * grad_out_g, "b h g l d -> b (h g) l d").to(dtype)
+        mask = _base_attention_mask(key_padding_mask, query.shape[2], dtype)
+        grad_query_base, grad_base_key, grad_base_value = (_fused_base_backward if ctx.fused else _math_base_backward)(
+            base_grad_out, query.to(dtype), base_key.to(dtype), base_value.to(dtype), out, kernel_lse, mask, scaling
+        )
+        grad_query = rearrange(grad_query, "b h g l d -> b (h g) l d") + grad_query_base.to(compute)
+        return (
+            grad_query.to(query.dtype),
+            grad_base_key.to(base_key.dtype),
+            grad_base_value.to(base_value.dtype),
+            None,
+            None,
+            None,
+            None,
+            *grad_thought_keys,
+            *grad_thought_values,
+        )
+
+
+def torch_thought_attention(query, base_key, base_value, thought_keys, thought_values, key_padding_mask, scaling):
+    """The causal base attention by a fused kernel with its log-sum-exp, merged with the thought scores of each
+    position under one softmax (`_MergedThoughtAttention`).
+
+    Exact, and no L x L tensor is kept: on CPU the base part is PyTorch's fused flash-attention kernel, elsewhere the
+    same contract in plain torch with the L x L scores living during the call only. Saved for backward: the inputs
+    (each pass's K/V once, never a stacked copy), the output and (B, H, L) fp32 log-sum-exps.
+    """
+    device_type = query.device.type
+    # Under autocast the base part runs in the autocast dtype, as the plain pass's SDPA does (RoPE leaves q and k in
+    # float32 there while v is in the autocast dtype); the casts are made inside, so they are not kept for backward.
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else query.dtype
+    out = _MergedThoughtAttention.apply(
+        query, base_key, base_value, key_padding_mask, scaling, dtype, len(thought_keys), *thought_keys, *thought_values
+    )
+    return out.transpose(1, 2)
 
 
 def triton_thought_attention(query, base_key, base_value, thought_keys, thought_values, key_padding_mask, scaling):

@@ -17,10 +17,12 @@ logits live only while that chunk is processed:
   upstream gradient is non-zero (with clipped advantages and two thoughts per position, about half of them).
 
 Shapes: `hidden` is (..., H) (N rows once the leading dimensions are flattened), `weight` is the (V, H) head
-weight (no bias). Logits are computed in the dtype `lm_head(hidden)` would multiply in (under autocast, the autocast
-dtype; the cast happens per chunk, so no cast copy of the weight is kept), and the softmax in
-`promote_types(dtype, float32)`; per-row outputs are in that dtype (float32 for bfloat16/float32, float64 for
-float64). Gradients come back in the dtypes of `hidden` and `weight`.
+weight (no bias). Logits, softmaxes and per-row outputs are computed in float32 whatever the dtypes of `hidden` and
+`weight` and whether autocast is on (float64 when an input is float64): the rewards of Quiet-STaR are differences of
+two NLLs of the same token whose logits differ by far less than bfloat16's resolution (about 0.1 at a logit of 20),
+so bfloat16 logits would turn the rewards into rounding noise. The upcast happens per chunk of rows (the weight is
+upcast once per call, a transient copy that is never kept for backward). Gradients come back in the dtypes of
+`hidden` and `weight`.
 """
 
 import torch
@@ -29,13 +31,10 @@ DEFAULT_CHUNK_SIZE = 1024
 
 
 def _matmul_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """The dtype `F.linear(hidden, weight)` multiplies in: the autocast dtype under autocast, else the promoted one."""
+    """The dtype the head multiplies in: float32, or float64 when an input is float64 (never an autocast dtype)."""
     if hidden.shape[-1] != weight.shape[-1]:
         raise ValueError(f"hidden size {hidden.shape[-1]} does not match the head weight's {tuple(weight.shape)}")
-    device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return torch.promote_types(hidden.dtype, weight.dtype)
+    return torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
 
 
 def _check_chunk_size(chunk_size: int) -> None:
@@ -46,9 +45,10 @@ def _check_chunk_size(chunk_size: int) -> None:
 def _chunk_logits(hidden_rows: torch.Tensor, weight: torch.Tensor, banned_ids: torch.Tensor | None) -> torch.Tensor:
     """(c, H) rows and the (V, H) weight, both in the matmul dtype -> (c, V) logits, -inf at `banned_ids`.
 
-    The logits are in promote_types(matmul dtype, float32).
+    Autocast is switched off for the product, so the logits are in the matmul dtype.
     """
-    logits = (hidden_rows @ weight.T).to(torch.promote_types(weight.dtype, torch.float32))
+    with torch.autocast(hidden_rows.device.type, enabled=False):
+        logits = hidden_rows @ weight.T
     if banned_ids is not None:
         logits.index_fill_(-1, banned_ids, float("-inf"))
     return logits
@@ -64,32 +64,52 @@ def _head_backward(
     """Backpropagate the (c, V) `grad_logits` of `rows @ matmul_weight.T`: add the (V, H) gradient of the weight
     into `grad_weight` (when not None) and return the (c, H) gradient of the rows (when `needs_rows`, else None)."""
     grad_logits = grad_logits.to(matmul_weight.dtype)
-    if grad_weight is not None:
-        if grad_weight.dtype == rows.dtype:
-            grad_weight.addmm_(grad_logits.T, rows)
-        else:
-            grad_weight += (grad_logits.T @ rows).to(grad_weight.dtype)
-    return grad_logits @ matmul_weight if needs_rows else None
+    with torch.autocast(rows.device.type, enabled=False):
+        if grad_weight is not None:
+            if grad_weight.dtype == rows.dtype:
+                grad_weight.addmm_(grad_logits.T, rows)
+            else:
+                grad_weight += (grad_logits.T @ rows).to(grad_weight.dtype)
+        return grad_logits @ matmul_weight if needs_rows else None
 
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits if temperature == 1 else logits / temperature
 
 
+def _scaled_(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`_scaled` in place."""
+    return logits if temperature == 1 else logits.div_(temperature)
+
+
+def _softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Overwrite (c, V) logits with their softmax and return the (c, 1) log-sum-exp of each row.
+
+    In place, so a chunk needs one (c, V) buffer: `torch.logsumexp` and `torch.softmax` would each allocate another.
+    """
+    shift = logits.amax(dim=-1, keepdim=True)
+    sums = logits.sub_(shift).exp_().sum(dim=-1, keepdim=True)
+    logits.div_(sums)
+    return shift + sums.log()
+
+
 def _pick_tokens(logits: torch.Tensor, temperature: float, uniform: torch.Tensor | None) -> torch.LongTensor:
     """(c, V) logits -> (c,) tokens: the argmax at temperature 0, else one inverse-CDF draw per row.
 
     `uniform` (c,) holds one number in [0, 1) per row. Zero-probability entries (banned ids) are never drawn; if
-    float rounding lands past the last non-zero entry, the row's most likely token is taken.
+    float rounding lands past the last non-zero entry, the row's most likely token is taken. The CDF is summed in
+    place in the softmax's buffer, so a draw needs one (c, V) buffer besides the logits (at temperature 1); whether
+    a token has probability 0 is read off the logits (exp(x - max) = 0, as at a banned id's -inf).
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(_scaled(logits.float(), temperature), dim=-1)
-    cdf = probs.cumsum(dim=-1)
+    scaled = _scaled(logits.float(), temperature)
+    cdf = torch.softmax(scaled, dim=-1).cumsum_(dim=-1)
     threshold = uniform.unsqueeze(-1) * cdf[:, -1:]
-    tokens = torch.searchsorted(cdf, threshold, right=True).clamp(max=probs.shape[-1] - 1)
-    drawable = probs.gather(-1, tokens) > 0
-    return torch.where(drawable, tokens, probs.argmax(dim=-1, keepdim=True)).squeeze(-1)
+    tokens = torch.searchsorted(cdf, threshold, right=True).clamp(max=cdf.shape[-1] - 1)
+    del cdf
+    drawable = (scaled.gather(-1, tokens) - scaled.amax(dim=-1, keepdim=True)).exp_() > 0
+    return torch.where(drawable, tokens, scaled.argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
 class _WeightedLinearCrossEntropy(torch.autograd.Function):
@@ -113,16 +133,18 @@ class _WeightedLinearCrossEntropy(torch.autograd.Function):
             chunk = slice(start, start + chunk_size)
             rows = hidden[chunk].to(matmul_dtype)
             logits = _chunk_logits(rows, matmul_weight, None)
-            logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
             target = targets[chunk].unsqueeze(-1)
-            nll[chunk] = (logsumexp - logits.gather(-1, target)).squeeze(-1)
+            target_logit = logits.gather(-1, target)
+            nll[chunk] = (_softmax_(logits) - target_logit).squeeze(-1)
             if needs_hidden or needs_weight:
                 chunk_weights = row_weights[chunk].unsqueeze(-1)
-                grad_logits = logits.sub_(logsumexp).exp_().mul_(chunk_weights)
+                grad_logits = logits.mul_(chunk_weights)
                 grad_logits.scatter_add_(-1, target, -chunk_weights)
                 grad_rows = _head_backward(grad_logits, rows, matmul_weight, grad_weight, needs_hidden)
                 if needs_hidden:
                     grad_hidden[chunk] = grad_rows
+                del grad_logits
+            del logits  # before the next chunk's logits are allocated
         if needs_weight:
             grad_weight = grad_weight.to(weight.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -166,9 +188,11 @@ class _ChunkedTokenLogProb(torch.autograd.Function):
             logits = _chunk_logits(hidden[chunk].to(matmul_dtype), matmul_weight, banned_ids)
             if given_tokens is None:
                 tokens[chunk] = _pick_tokens(logits, sample_temperature, None if uniform is None else uniform[chunk])
-            scaled = _scaled(logits, temperature)
-            logsumexp[chunk] = torch.logsumexp(scaled, dim=-1)
-            logprob[chunk] = scaled.gather(-1, tokens[chunk].unsqueeze(-1)).squeeze(-1) - logsumexp[chunk]
+            scaled = _scaled_(logits, temperature)
+            token_logit = scaled.gather(-1, tokens[chunk].unsqueeze(-1)).squeeze(-1)
+            logsumexp[chunk] = _softmax_(scaled).squeeze(-1)
+            logprob[chunk] = token_logit - logsumexp[chunk]
+            del logits, scaled  # before the next chunk's logits are allocated
         ctx.save_for_backward(hidden, weight, tokens, logsumexp, banned_ids)
         ctx.temperature, ctx.chunk_size, ctx.matmul_dtype = temperature, chunk_size, matmul_dtype
         ctx.mark_non_differentiable(tokens)
@@ -187,13 +211,14 @@ class _ChunkedTokenLogProb(torch.autograd.Function):
             chunk = active[start : start + ctx.chunk_size]
             rows = hidden[chunk].to(ctx.matmul_dtype)
             grad_rows = grad_logprob[chunk].to(compute_dtype).unsqueeze(-1)
-            scaled = _scaled(_chunk_logits(rows, matmul_weight, banned_ids), ctx.temperature)
-            grad_logits = (scaled - logsumexp[chunk].unsqueeze(-1)).exp_().mul_(-grad_rows)
+            scaled = _scaled_(_chunk_logits(rows, matmul_weight, banned_ids), ctx.temperature)
+            grad_logits = scaled.sub_(logsumexp[chunk].unsqueeze(-1)).exp_().mul_(-grad_rows)
             grad_logits.scatter_add_(-1, tokens[chunk].unsqueeze(-1), grad_rows)
-            grad_logits = _scaled(grad_logits, ctx.temperature)
+            grad_logits = _scaled_(grad_logits, ctx.temperature)
             grad_chunk = _head_backward(grad_logits, rows, matmul_weight, grad_weight, needs_hidden)
             if needs_hidden:
                 grad_hidden[chunk] = grad_chunk.to(grad_hidden.dtype)
+            del scaled, grad_logits  # before the next chunk's logits are allocated
         if needs_weight:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None, None, None, None
@@ -308,6 +333,7 @@ def sample_thought_tokens(
                 chunk = slice(start, start + chunk_size)
                 logits = _chunk_logits(rows[chunk].to(matmul_dtype), matmul_weight, banned)
                 tokens[chunk] = _pick_tokens(logits, sample_temperature, None if uniform is None else uniform[chunk])
+                del logits  # before the next chunk's logits are allocated
         return tokens.view(leading), None
     if logprob_temperature <= 0:
         raise ValueError(f"logprob_temperature must be > 0 (or None), got {logprob_temperature}")

@@ -110,6 +110,10 @@ def look_ahead_scores(
 ) -> LookAheadScores:
     """Score the base pass and the A look-ahead predictions of every position.
 
+    The NLLs, and so the rewards, are computed in float32 (float64 for float64 inputs) whatever the dtype of the
+    hidden states and the head (`weighted_linear_cross_entropy`): a reward is a difference of two NLLs of the same
+    token, far below bfloat16's resolution.
+
     Args:
         base_hidden: (B', L, H) final hidden states of the base pass; position i predicts x[i + 1].
         talk_hidden: A tensors (B', L, H); `talk_hidden[j - 1]` at position i is the thought-mixed hidden state
@@ -131,7 +135,7 @@ def look_ahead_scores(
     dtype = torch.promote_types(base_hidden.dtype, torch.float32)
     row_weights = [mask.to(dtype) * weight / mask.sum().clamp(min=1).to(dtype) for weight, mask in zip(pass_weights, scored)]
     nll_loss, nll = weighted_linear_cross_entropy(
-        torch.stack([base_hidden, *talk_hidden]),
+        torch.stack([base_hidden.to(dtype), *(hidden.to(dtype) for hidden in talk_hidden)]),
         lm_head_weight,
         torch.stack(targets),
         torch.stack(row_weights),

@@ -92,8 +92,9 @@ class ParallelThoughts:
     the loss).
 
     - `base_hidden`: (B', L, H) final hidden states of the plain causal pass; position i predicts x[i + 1]
-    - `talk_hidden`: A tensors (B', L, H); `talk_hidden[j - 1]` at position i is the thought-mixed hidden state that
-      predicts x[i + j] (j = 1 is the prediction right after the thought)
+    - `talk_hidden`: A tensors (B', L, H) in float32 (float64 for a float64 model); `talk_hidden[j - 1]` at
+      position i is the thought-mixed hidden state that predicts x[i + j] (j = 1 is the prediction right after the
+      thought)
     - `mixing_weights`: A tensors (B', L), the mixing weight w behind each of `talk_hidden`
     - `thought_ids`: (B', L, n_thought_tokens - 2) the thought content tokens used at every position
     - `thought_logprobs`: (B', L) mean log-probability of those tokens at `reinforce_temperature` (training mode
@@ -150,9 +151,16 @@ class QuietStarMixingHead(nn.Module):
         return self.output(x)
 
     def mix(self, h_base: torch.Tensor, h_thought: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the mixed hidden state (1 - w) * h_base + w * h_thought and w."""
+        """Return the mixed hidden state (1 - w) * h_base + w * h_thought and w.
+
+        The mix is computed and returned in float32 (float64 for float64 inputs) whatever the dtype of the hidden
+        states: w starts at 0 and stays small, and in bfloat16 h_base + w * (h_thought - h_base) would round back to
+        h_base (a relative step of 2^-8 against w of order 1e-4), so the thought would change nothing.
+        """
         weight = self(h_base, h_thought)
-        return h_base + weight * (h_thought - h_base), weight
+        dtype = torch.promote_types(h_base.dtype, torch.float32)
+        h_base = h_base.to(dtype)
+        return h_base + weight.to(dtype) * (h_thought.to(dtype) - h_base), weight
 
 
 class QuietStarThoughtGate(nn.Module):
@@ -592,10 +600,13 @@ class QuietStarModelMixin(QuietStarGenerationMixin):
     def thinking_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits (..., V) of thought-mixed hidden states (..., H), as a thinking model returns them.
 
+        The hidden states (float32 from the mixing head) are cast to the head's dtype, so a bfloat16 model returns
+        bfloat16 logits as its base model does.
+
         The two meta tokens are set to the lowest finite value of the dtype, so they are never predicted (whatever
         the generation config suppresses) and a softmax never sees -inf - (-inf).
         """
-        logits = self.lm_head(hidden)
+        logits = self.lm_head(hidden.to(self.lm_head.weight.dtype))
         return logits.index_fill(-1, self._meta_token_ids(logits.device), torch.finfo(logits.dtype).min)
 
     def _meta_token_ids(self, device: torch.device) -> torch.LongTensor:

@@ -212,3 +212,49 @@ def test_chunk_size_does_not_change_the_loss():
         results.append(model(torch.randint(0, TINY_VOCAB - 2, (2, 8))).loss.detach())
     torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(results[0], results[2], rtol=1e-12, atol=1e-12)
+
+
+
+def rewards_of(model, input_ids, thought_ids, autocast=False):
+    """(B * N, L) rewards of a training forward of `model` with the given thoughts (N = 2, A = 3)."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        passes = model.run_parallel_thoughts(input_ids, thought_ids=thought_ids, n_thoughts=2, n_ahead_talk=3)
+        scores = look_ahead_scores(
+            passes.base_hidden,
+            passes.talk_hidden,
+            input_ids.repeat_interleave(2, dim=0),
+            model.lm_head.weight,
+            base_loss_weight=0.5,
+            chunk_size=5,
+        )
+    assert scores.rewards.dtype == torch.float32 and passes.talk_hidden[0].dtype == torch.float32
+    return scores.rewards
+
+
+@pytest.mark.parametrize("setting", ["bfloat16 parameters", "autocast"])
+def test_bfloat16_rewards_agree_with_float32_rewards(setting, monkeypatch):
+    """The same model and thoughts in bf16 and in fp32 (the oracle): every reward agrees to 5% of the largest one.
+
+    The tolerance is meaningful: with the head multiplying in bf16 instead (as it did), the same check fails.
+    """
+    import quietstar.chunked_lm_head as head_module
+
+    model = tiny_model(n_thought_tokens=4, n_ahead_talk=3).train()
+    with torch.no_grad():  # mixing weights w of order 1e-3, as after some training
+        model.mixing_head.output.weight.normal_(std=2e-3, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, TINY_VOCAB - 2, (2, 24), generator=generator)
+    thought_ids = torch.randint(0, TINY_VOCAB - 2, (2, 2, 24, 2), generator=generator)
+    reference = rewards_of(model, input_ids, thought_ids)
+    tolerance = 0.05 * reference.abs().max()
+    assert tolerance > 1e-6
+
+    def bf16_rewards():
+        if setting == "autocast":
+            return rewards_of(model, input_ids, thought_ids, autocast=True)
+        return rewards_of(model.to(torch.bfloat16), input_ids, thought_ids)
+
+    torch.testing.assert_close(bf16_rewards(), reference, rtol=0, atol=tolerance)
+    model.float()
+    monkeypatch.setattr(head_module, "_matmul_dtype", lambda hidden, weight: torch.bfloat16)
+    assert (bf16_rewards() - reference).abs().max() > tolerance

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from quietstar import attention_quietstar
 from quietstar.attention_quietstar import resolve_attention_impl, thought_attention
 
 
@@ -84,12 +85,12 @@ def test_bad_arguments_are_named():
         thought_attention(query, base_key, base_value, thought_keys, thought_values[:1], None)
 
 
-def test_torch_keeps_each_pass_once_for_backward():
-    """Beyond its inputs, one call saves only the (B, H, L, L + p) probabilities and the L x L causal mask: no copy of
-    q or of the passes' K/V per pass (which would add up to a P^2 term over a training step)."""
+def test_torch_keeps_each_pass_once_and_no_length_squared_tensor_for_backward():
+    """Beyond its inputs, one call saves only the output and two (B, H, L) fp32 log-sum-exps: no L x L scores or
+    probabilities, and no copy of q or of the passes' K/V per pass (which would add up to a P^2 term over a step)."""
     batch, heads, length, head_dim = 1, 4, 16, 8
 
-    def saved_bytes(passes):
+    def saved_bytes(passes, length):
         inputs = random_inputs(batch, heads, 2, length, passes, head_dim, seed=0, dtype=torch.float32)
         storages = {}
 
@@ -103,9 +104,38 @@ def test_torch_keeps_each_pass_once_for_backward():
         input_ptrs = {t.untyped_storage().data_ptr() for t in leaves(inputs)}
         return sum(n for ptr, n in storages.items() if ptr not in input_ptrs)
 
-    probabilities = batch * heads * length * 4  # bytes of one more column of fp32 probabilities
-    assert saved_bytes(1) == batch * heads * length * (length + 1) * 4 + length * length
-    assert saved_bytes(9) - saved_bytes(1) == 8 * probabilities
+    output, log_sum_exp = batch * heads * length * head_dim * 4, batch * heads * length * 4
+    assert saved_bytes(1, length) == output + 2 * log_sum_exp
+    assert saved_bytes(9, length) == saved_bytes(1, length)
+    assert saved_bytes(1, 4 * length) == 4 * saved_bytes(1, length)  # linear in L
+
+
+def test_plain_torch_base_path_matches_dense(monkeypatch):
+    """Off CPU the base part runs in plain torch with the fused kernel's contract; run that path here against the
+    dense oracle, forward and backward, with GQA and left/right padding."""
+    monkeypatch.setattr(attention_quietstar, "_fused_base_forward", attention_quietstar._math_base_forward)
+    monkeypatch.setattr(attention_quietstar, "_fused_base_backward", attention_quietstar._math_base_backward)
+    inputs = random_inputs(2, 6, 2, 9, 3, 8, seed=1)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, :2], mask[1, -3:] = False, False
+    for key_padding_mask in (None, mask):
+        outs = {impl: thought_attention(*inputs, key_padding_mask, 0.3, impl) for impl in ("dense", "torch")}
+        torch.testing.assert_close(outs["torch"], outs["dense"])
+        grads = {impl: torch.autograd.grad(out, leaves(inputs), torch.cos(out)) for impl, out in outs.items()}
+        for grad_torch, grad_dense in zip(grads["torch"], grads["dense"]):
+            torch.testing.assert_close(grad_torch, grad_dense)
+
+
+def test_bfloat16_inputs_merge_in_float32():
+    """bf16 q/K/V: the output is within bf16 rounding of the float64 oracle on the same (rounded) inputs."""
+    inputs = random_inputs(1, 6, 2, 40, 4, 16, seed=2, dtype=torch.bfloat16)
+    mask = torch.ones(1, 40, dtype=torch.bool)
+    mask[0, :3] = False
+    out = thought_attention(*inputs, mask, 0.25, "torch")
+    assert out.dtype == torch.bfloat16
+    as_double = [t.detach().double() for t in inputs[:3]], [[t.detach().double() for t in ts] for ts in inputs[3:]]
+    oracle = thought_attention(*as_double[0], *as_double[1], mask, 0.25, "dense")
+    torch.testing.assert_close(out.double(), oracle, rtol=0, atol=1.6e-2)
 
 
 def test_auto_resolves_by_device():
