@@ -72,20 +72,20 @@ ANSWER_MARKER = " The answer is "
 class StudySettings:
     """Every knob of the study; `QUICK` overrides some for the smoke run."""
 
-    seq_len: int = 64  # L, tokens per training and held-out row
+    seq_len: int = 48  # L, tokens per training and held-out row
     batch_size: int = 2  # B, sequences per optimizer step (each thought about N times)
     n_thoughts: int = 2  # N
     n_ahead_talk: int = 2  # A
     thought_lengths: tuple[int, ...] = (4, 8)  # T, start and end meta tokens included
-    steps: int = 40
+    steps: int = 30
     lr: float = 1e-4
     warmup_steps: int = 5
     trained_layers: int = 4  # top decoder layers trained (plus the mixing head)
     policy_loss_weight: float = 1e6  # of the quiet-star arm (the package's default, the paper's)
     seeds: tuple[int, ...] = (0, 1)
     train_documents: int = 500
-    heldout_rows: int = 24
-    answer_problems: int = 24
+    heldout_rows: int = 16
+    answer_problems: int = 16
     corpus_seed: int = 0  # training corpus; the held-out corpus uses corpus_seed + 1
 
     def runs(self) -> list[tuple[str, int, int]]:
@@ -111,10 +111,29 @@ def run_name(arm: str, thought_length: int, seed: int) -> str:
 # ------------------------------------------------------------------------------------------------------- data
 
 
+def corpus_settings(settings: StudySettings, heldout: bool) -> tuple[int, int]:
+    """(generator seed, documents) of the training or the held-out corpus."""
+    if heldout:
+        return settings.corpus_seed + 1, max(64, settings.heldout_rows * 4)
+    return settings.corpus_seed, settings.train_documents
+
+
+def write_corpora(settings: StudySettings, run_dir: Path) -> None:
+    """Write both corpora into `run_dir` once; a process started at the same time waits for the first to finish."""
+    lock = run_dir / "corpora.claim"
+    while not claim(lock):
+        time.sleep(1)
+    try:
+        for heldout in (False, True):
+            corpus_seed, documents = corpus_settings(settings, heldout)
+            write_synthetic_corpus(run_dir / f"corpus_seed{corpus_seed}", documents, 1, corpus_seed)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def corpus_stream(settings: StudySettings, tokenizer, run_dir: Path, seed: int, heldout: bool) -> PackedTokenStream:
-    """Packed rows of the generated corpus: the training one (shuffled by `seed`) or the held-out one."""
-    corpus_seed = settings.corpus_seed + int(heldout)
-    documents = settings.train_documents if not heldout else max(64, settings.heldout_rows * 4)
+    """Packed rows of the generated corpus (`write_corpora`): the training one (shuffled by `seed`) or the held-out one."""
+    corpus_seed, documents = corpus_settings(settings, heldout)
     files = write_synthetic_corpus(run_dir / f"corpus_seed{corpus_seed}", documents, 1, corpus_seed)
     config = DataConfig(
         sources=[DataSourceConfig(path="synthetic")],
@@ -235,12 +254,34 @@ def answer_scores(model, tokenizer, problems, thinking: bool, settings: StudySet
 # -------------------------------------------------------------------------------------------------------- run
 
 
-def train_and_evaluate(base, tokenizer, settings, arm, thought_length, seed, run_dir: Path, heldout, problems):
+@dataclass
+class HeldOut:
+    """The held-out evaluation data and the untrained base model's scores on it.
+
+    - `rows`: (R, L) held-out token rows
+    - `problems`: `(prompt, answer)` word problems for the answer-token probability
+    - `base_nll`: (R, L - 1) the base model's per-token NLL of `rows` (thinking off)
+    - `base_answer`: the base model's `answer_scores` on `problems` (thinking off)
+    """
+
+    rows: torch.LongTensor
+    problems: list[tuple[str, str]]
+    base_nll: torch.Tensor
+    base_answer: dict
+
+
+def held_out(base, tokenizer, settings: StudySettings, run_dir: Path) -> HeldOut:
+    """Held-out rows and word problems from the corpus no arm trains on, scored by the base model."""
+    stream = corpus_stream(settings, tokenizer, run_dir, 0, heldout=True)
+    rows = stream.next_batch(settings.heldout_rows)
+    problems = answer_problems(stream, settings.answer_problems)
+    return HeldOut(rows, problems, token_nll(base, rows, thinking=False), answer_scores(base, tokenizer, problems, False, settings))
+
+
+def train_and_evaluate(base, tokenizer, settings, arm, thought_length, seed, run_dir: Path, heldout: HeldOut):
     """One run: train the arm for `settings.steps` steps and evaluate it; returns its JSON record and the model."""
     model = arm_model(base, settings, arm, thought_length, seed)
     thinking = arm != "plain"
-    base_nll = token_nll(model, heldout, thinking=False)
-    before = answer_scores(model, tokenizer, problems, False, settings)
     train_config = TrainConfig(
         max_steps=settings.steps, lr=settings.lr, warmup_steps=settings.warmup_steps, weight_decay=0.0,
         lr_schedule="constant", grad_clip=1.0, param_dtype="float32", seed=seed,
@@ -264,13 +305,13 @@ def train_and_evaluate(base, tokenizer, settings, arm, thought_length, seed, run
     train_seconds = time.perf_counter() - started
     record = {
         "arm": arm, "thought_length": thought_length, "seed": seed, "train_seconds": train_seconds, "curve": curve,
-        "base_token_nll": base_nll.tolist(), "base_answer": before,
-        "token_nll": token_nll(model, heldout, thinking=thinking).tolist(),
-        "answer": answer_scores(model, tokenizer, problems, thinking, settings),
+        "base_token_nll": heldout.base_nll.tolist(), "base_answer": heldout.base_answer,
+        "token_nll": token_nll(model, heldout.rows, thinking=thinking).tolist(),
+        "answer": answer_scores(model, tokenizer, heldout.problems, thinking, settings),
     }
     if thinking:
-        record["token_nll_thinking_off"] = token_nll(model, heldout, thinking=False).tolist()
-        record["answer_thinking_off"] = answer_scores(model, tokenizer, problems, False, settings)
+        record["token_nll_thinking_off"] = token_nll(model, heldout.rows, thinking=False).tolist()
+        record["answer_thinking_off"] = answer_scores(model, tokenizer, heldout.problems, False, settings)
     return record, model
 
 
@@ -316,9 +357,8 @@ def run_study(settings: StudySettings, run_dir: Path, save_to: Path | None) -> N
     if not pending:
         return
     base, tokenizer = load_base(settings)
-    heldout_stream = corpus_stream(settings, tokenizer, run_dir, 0, heldout=True)
-    heldout = heldout_stream.next_batch(settings.heldout_rows)
-    problems = answer_problems(heldout_stream, settings.answer_problems)
+    write_corpora(settings, run_dir)
+    heldout = held_out(base, tokenizer, settings, run_dir)
     longest = max(settings.thought_lengths)
     for arm, thought_length, seed in pending:
         name = run_name(arm, thought_length, seed)
@@ -326,7 +366,7 @@ def run_study(settings: StudySettings, run_dir: Path, save_to: Path | None) -> N
         if result.exists() or not claim(lock):
             continue
         logger.info("run %s", name)
-        record, model = train_and_evaluate(base, tokenizer, settings, arm, thought_length, seed, run_dir, heldout, problems)
+        record, model = train_and_evaluate(base, tokenizer, settings, arm, thought_length, seed, run_dir, heldout)
         if save_to is not None and (arm, thought_length, seed) == ("quiet-star", longest, settings.seeds[0]):
             save_model(model, tokenizer, save_to)
         record.update(device=device_description(torch.device("cpu")), finished=datetime.datetime.now().isoformat())
