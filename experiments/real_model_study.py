@@ -72,19 +72,19 @@ ANSWER_MARKER = " The answer is "
 class StudySettings:
     """Every knob of the study; `QUICK` overrides some for the smoke run."""
 
-    seq_len: int = 48  # L, tokens per training and held-out row
+    seq_len: int = 32  # L, tokens per training and held-out row
     batch_size: int = 2  # B, sequences per optimizer step (each thought about N times)
     n_thoughts: int = 2  # N
     n_ahead_talk: int = 2  # A
     thought_lengths: tuple[int, ...] = (4, 8)  # T, start and end meta tokens included
-    steps: int = 30
+    steps: int = 24
     lr: float = 1e-4
     warmup_steps: int = 5
     trained_layers: int = 4  # top decoder layers trained (plus the mixing head)
     policy_loss_weight: float = 1e6  # of the quiet-star arm (the package's default, the paper's)
     seeds: tuple[int, ...] = (0, 1)
     train_documents: int = 500
-    heldout_rows: int = 16
+    heldout_rows: int = 32
     answer_problems: int = 16
     corpus_seed: int = 0  # training corpus; the held-out corpus uses corpus_seed + 1
 
