@@ -25,6 +25,7 @@ import gc
 import importlib.util
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -134,7 +135,8 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"SmolLM2-135M-Instruct, B={s['batch_size']}, N={s['n_thoughts']}, L={s['seq_len']}, A={s['n_ahead_talk']}, "
         f"top {s['trained_layers']} layers + mixing head trained, fp32; {report['device']} "
-        f"({report['note']}). Medians over {report['rounds']} rounds.",
+        f"({report['note']}; 1-minute load average {report['load_average_1min']['before']:.1f} before, "
+        f"{report['load_average_1min']['after']:.1f} after). Medians over {report['rounds']} rounds.",
         "",
         "| T | passes P | s/step Quiet-STaR | s/step plain (B*N rows) | step / (P x plain) | peak RSS Quiet-STaR (MiB) "
         "| peak RSS plain (MiB) | RSS before (MiB) |",
@@ -169,11 +171,13 @@ def main(argv=None) -> dict:
     if args.quick:
         args = argparse.Namespace(**{**vars(args), "rounds": 1, "plain_per_round": 1})
     base, _ = study.load_base(settings)
+    load_before = os.getloadavg()
     rows = [measure(study, base, settings, t, args) for t in settings.thought_lengths]
     report = {
         "settings": asdict(settings),
         "device": device_description(torch.device("cpu")),
         "note": args.note,
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "rounds": args.rounds,
         "plain_per_round": args.plain_per_round,
         "created": datetime.datetime.now().isoformat(),
