@@ -350,9 +350,10 @@ def run_study(settings: StudySettings, run_dir: Path, save_to: Path | None) -> N
     run_dir.mkdir(parents=True, exist_ok=True)
     settings_file = run_dir / "settings.json"
     wanted = json.loads(json.dumps(asdict(settings)))
-    if settings_file.exists() and json.loads(settings_file.read_text()) != wanted:
+    if not settings_file.exists():
+        settings_file.write_text(json.dumps(wanted, indent=1))
+    elif json.loads(settings_file.read_text()) != wanted:
         raise SystemExit(f"{settings_file} holds other settings than this run's; use another --run-dir")
-    settings_file.write_text(json.dumps(wanted, indent=1))
     pending = [run for run in settings.runs() if not (run_dir / f"{run_name(*run)}.json").exists()]
     if not pending:
         return
@@ -410,16 +411,26 @@ def report(settings: StudySettings, run_dir: Path, out_dir: Path) -> dict:
     """Aggregate the finished runs over seeds and write `real_model_study.{json,md,png}` into `out_dir`."""
     groups: dict[str, list[dict]] = {}
     curves: dict[str, list[list[dict]]] = {}
+    plain_nll = {}
     for arm, thought_length, seed in settings.runs():
         path = run_dir / f"{run_name(arm, thought_length, seed)}.json"
         if path.exists():
             record = json.loads(path.read_text())
             label = arm if arm == "plain" else f"{arm} T={thought_length}"
-            groups.setdefault(label, []).append(summarise(record))
+            summary = summarise(record)
+            if arm == "plain":
+                plain_nll[seed] = summary["heldout_nll"]
+            summary["seed"] = seed
+            groups.setdefault(label, []).append(summary)
             curves.setdefault(label, []).append(record["curve"])
+    for summaries in groups.values():  # paired with plain on the same seed (same batches)
+        for summary in summaries:
+            if summary["seed"] in plain_nll:
+                summary["nll_minus_plain"] = summary["heldout_nll"] - plain_nll[summary.pop("seed")]
     arms = {}
-    for label, summaries in groups.items():
-        keys = [key for key in summaries[0] if not isinstance(summaries[0][key], list)]
+    order = {"plain": 0, "no-policy": 1, "quiet-star": 2}
+    for label, summaries in sorted(groups.items(), key=lambda item: (order[item[0].split()[0]], item[0])):
+        keys = [key for key in summaries[0] if not isinstance(summaries[0][key], list) and key != "seed"]
         arms[label] = {key: mean_spread([s[key] for s in summaries]) for key in keys}
         arms[label]["gain_by_decile"] = [mean_spread([s["gain_by_decile"][d] for s in summaries]) for d in range(N_DECILES)]
         arms[label]["base_nll_by_decile"] = summaries[0]["base_nll_by_decile"]
@@ -452,9 +463,9 @@ def to_markdown(result: dict) -> str:
         f"{settings['trained_layers']} layers + mixing head trained; mean ± std over seeds {settings['seeds']}; "
         f"{result['device']}. Gains are base NLL minus the arm's NLL on the same held-out tokens (nats/token).",
         "",
-        "| arm | held-out NLL | gain | gain, easiest decile | gain, hardest decile | NLL thinking off | answer prob. "
-        "| answer prob. thinking off | final mixing w | mean reward | s/step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | held-out NLL | gain | minus plain (same seed) | gain, easiest decile | gain, hardest decile "
+        "| NLL thinking off | answer prob. | answer prob. thinking off | final mixing w | mean reward | s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = next(iter(result["arms"].values()))
     lines.insert(2, f"Untrained base: held-out NLL {base['base_heldout_nll']['mean']:.3f}, answer probability "
@@ -463,8 +474,9 @@ def to_markdown(result: dict) -> str:
         gain = {"mean": arm["base_heldout_nll"]["mean"] - arm["heldout_nll"]["mean"], "std": arm["heldout_nll"]["std"]}
         off = _pm(arm["heldout_nll_thinking_off"]) if "heldout_nll_thinking_off" in arm else "-"
         answer_off = _pm(arm["answer_probability_thinking_off"], 4) if "answer_probability_thinking_off" in arm else "-"
+        paired = _pm(arm["nll_minus_plain"]) if "nll_minus_plain" in arm else "-"
         lines.append(
-            f"| {label} | {_pm(arm['heldout_nll'])} | {_pm(gain)} | {_pm(arm['gain_by_decile'][0])} | "
+            f"| {label} | {_pm(arm['heldout_nll'])} | {_pm(gain)} | {paired} | {_pm(arm['gain_by_decile'][0])} | "
             f"{_pm(arm['gain_by_decile'][-1])} | {off} | {_pm(arm['answer_probability'], 4)} | {answer_off} | "
             f"{_pm(arm['final_mixing_weight'], 4)} | {_pm(arm['mean_reward'], 4)} | {arm['seconds_per_step']['mean']:.1f} |"
         )
