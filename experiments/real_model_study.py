@@ -400,6 +400,7 @@ def summarise(record: dict) -> dict:
         "final_mixing_weight": statistics.fmean(step["mean_mixing_weight"] for step in record["curve"][-5:]),
         "mean_reward": statistics.fmean(step["mean_reward"] for step in record["curve"]),
         "seconds_per_step": statistics.median(step["seconds"] for step in record["curve"]),
+        "train_seconds": record["train_seconds"],
     }
     if "token_nll_thinking_off" in record:
         summary["heldout_nll_thinking_off"] = float(torch.tensor(record["token_nll_thinking_off"]).mean())
@@ -411,11 +412,12 @@ def report(settings: StudySettings, run_dir: Path, out_dir: Path) -> dict:
     """Aggregate the finished runs over seeds and write `real_model_study.{json,md,png}` into `out_dir`."""
     groups: dict[str, list[dict]] = {}
     curves: dict[str, list[list[dict]]] = {}
-    plain_nll = {}
+    plain_nll, devices = {}, set()
     for arm, thought_length, seed in settings.runs():
         path = run_dir / f"{run_name(arm, thought_length, seed)}.json"
         if path.exists():
             record = json.loads(path.read_text())
+            devices.add(record["device"])
             label = arm if arm == "plain" else f"{arm} T={thought_length}"
             summary = summarise(record)
             if arm == "plain":
@@ -440,7 +442,8 @@ def report(settings: StudySettings, run_dir: Path, out_dir: Path) -> dict:
         }
     result = {
         "settings": asdict(settings),
-        "device": device_description(torch.device("cpu")),
+        "device": ", ".join(sorted(devices)),
+        "train_seconds_total": sum(s["train_seconds"] for summaries in groups.values() for s in summaries),
         "created": datetime.datetime.now().isoformat(),
         "arms": arms,
     }
