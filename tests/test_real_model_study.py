@@ -29,7 +29,7 @@ def test_difficulty_deciles_partition_tokens_by_base_nll_even_with_ties(study):
     assert all(maxima[d] <= minima[d + 1] for d in range(9))  # every token of decile d is no harder than d + 1's
 
 
-def test_answer_problems_are_word_problems_with_their_numeric_answers(study, tmp_path):
+def test_answer_problems_are_word_problems_with_their_numeric_answers(study):
     class Documents:
         def __init__(self):
             self.texts = iter([
