@@ -125,7 +125,7 @@ def test_stage_commands_are_accepted_by_the_scripts_they_run(check, tmp_path, mo
     torchrun = stages["fsdp_nccl"].command
     assert torchrun[1:4] == ["-m", "torch.distributed.run", "--standalone"]
     train = load_script(REPO / "train.py", "train_for_gpu_check")
-    config, overwrite = train.parse_args(torchrun[torchrun.index("train.py") + 1:])
+    config, overwrite, _ = train.parse_args(torchrun[torchrun.index("train.py") + 1:])
     assert config.train.device == "cuda" and config.train.param_dtype == "bfloat16" and not overwrite
     assert config.model.quietstar["attention_impl"] == "triton" and config.train.activation_checkpointing
     assert check.cuda_test_files() == ["tests/test_triton_attention.py"]

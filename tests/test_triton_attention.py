@@ -330,24 +330,29 @@ def test_model_forward_and_backward_with_triton_match_torch(family):
 @in_process
 def test_model_under_autocast_runs_the_kernel_in_the_autocast_dtype():
     """Under bf16 autocast RoPE's fp32 tables leave q and k in fp32 while v is bf16; the thought passes cast all
-    three to bf16 (as SDPA does), so the kernel gets one dtype, and the step matches the torch implementation."""
+    three to bf16 (as SDPA does), so the kernel gets one dtype, and the step is as accurate as the dense oracle's
+    under the same autocast, both measured against the fp32 step (the `torch` implementation merges in fp32 and is
+    more accurate than either, so it is no yardstick here)."""
     generator = torch.Generator().manual_seed(3)
     input_ids = torch.randint(0, TINY_VOCAB - 2, (2, 8), generator=generator)
     attention_mask = torch.ones(2, 8, dtype=torch.long)
     attention_mask[0, -2:] = 0
     thought_ids = torch.randint(0, TINY_VOCAB - 2, (2, 8, 1), generator=generator)
     results = {}
-    for impl in ("torch", "triton"):
+    for impl, autocast in (("torch", False), ("dense", True), ("triton", True)):
         model = tiny_model(seed=2, attention_impl=impl, n_thought_tokens=3, n_ahead_talk=2, n_thoughts=1,
                            policy_loss_weight=1.0).train()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             output = model(input_ids, attention_mask=attention_mask, thought_ids=thought_ids)
         output.loss.backward()
-        results[impl] = (output.loss.detach().float(), {n: p.grad for n, p in model.named_parameters()})
-    torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=2e-2, rtol=2e-2)
-    for name, grad in results["torch"][1].items():
-        assert grad is not None and grad.abs().sum() > 0, f"{name} gets no gradient"
-        assert relative_rms(results["triton"][1][name], grad) < 5e-2, name
+        results[impl, autocast] = (output.loss.detach().float(), {n: p.grad for n, p in model.named_parameters()})
+    reference_loss, reference_grads = results["torch", False]
+    torch.testing.assert_close(results["triton", True][0], reference_loss, atol=2e-2, rtol=2e-2)
+    for name, reference in reference_grads.items():
+        assert reference is not None and reference.abs().sum() > 0, f"{name} gets no gradient"
+        dense_error = relative_rms(results["dense", True][1][name], reference)
+        triton_error = relative_rms(results["triton", True][1][name], reference)
+        assert triton_error <= 1.5 * dense_error + 5e-3, (name, triton_error, dense_error)
 
 
 @pytest.mark.skipif(RUNNABLE_HERE, reason="the kernel tests run in this process")
