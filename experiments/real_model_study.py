@@ -217,7 +217,7 @@ class PlainObjective(torch.nn.Module):
         zero = torch.zeros((), device=loss.device)
         return QuietStarCausalLMOutput(
             loss=loss, base_loss=loss.detach(), thought_loss=loss.detach(), policy_loss=zero, mean_reward=zero,
-            mean_advantage=zero, mean_mixing_weight=zero,
+            mean_advantage=zero, mean_mixing_weight=zero, distill_loss=zero,
         )
 
 
