@@ -23,8 +23,8 @@ import yaml
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from quietstar.data import PackedTokenStream, synthetic_corpus_files
-from quietstar.file_checks import CheckpointError
+from quietstar.training.data import PackedTokenStream, synthetic_corpus_files
+from quietstar.checkpoint_files import CheckpointError
 from quietstar.training.checkpoint import (
     TrainingCheckpointError,
     export_hf,

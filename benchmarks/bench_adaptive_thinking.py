@@ -50,7 +50,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import quietstar
-from quietstar.synthetic import PROBLEMS, synthetic_document
+from quietstar.training.synthetic import PROBLEMS, synthetic_document
 from quietstar.training.metrics import device_description, device_slug
 
 logger = logging.getLogger("bench_adaptive_thinking")

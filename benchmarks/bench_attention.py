@@ -4,7 +4,7 @@ For every batch size B, length L and number of thought passes p it times, with t
 (`mistral-7b`: 32 query heads, 8 KV heads, d = 128, bf16; `tiny`: 4/2 heads, d = 16, fp32, for CPU):
 
 thought attention (same inputs: q, base K/V, and the p passes' K/V as lists of per-pass tensors)
-- `triton`: the fused kernel (`quietstar.kernels.thought_attention`)
+- `triton`: the fused kernel (`quietstar.ops.thought_attention.triton`)
 - `torch`: causal L x L scores concatenated with the L x p thought scores, one softmax (autograd backward)
 - `dense`: the reference implementation's approach, SDPA over the concatenated keys with an explicit
   L x L(p+1) mask; K/V are repeated to the query heads so that a memory-efficient masked SDPA backend can run
@@ -50,9 +50,9 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from quietstar.attention_quietstar import torch_thought_attention
+from quietstar.models.thought_attention import torch_thought_attention
 from quietstar.training.metrics import device_slug
-from quietstar.kernels import thought_attention as kernels
+from quietstar.ops.thought_attention import triton as kernels
 
 THOUGHT_PROVIDERS = ("triton", "torch", "dense", "flex")
 CAUSAL_PEERS = ("sdpa_cudnn", "fa3", "fa2", "sdpa")

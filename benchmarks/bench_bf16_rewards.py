@@ -28,7 +28,7 @@ import torch
 import transformers
 
 import quietstar
-from quietstar.losses_quietstar import look_ahead_scores, quietstar_loss
+from quietstar.models.loss import look_ahead_scores, quietstar_loss
 
 logger = logging.getLogger("bench_bf16_rewards")
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Ahead-of-time compile report and FLOP/byte model of the thought-attention Triton kernels, without a GPU.
 
-Part 1, compile report: every kernel of `quietstar.kernels.thought_attention` (forward, fused thought backward,
+Part 1, compile report: every kernel of `quietstar.ops.thought_attention.triton` (forward, fused thought backward,
 base dK/dV with and without the fused atomic dQ, dQ) in every autotune candidate config is compiled for each
 target (sm_90 and sm_80 by default) at each head dim and dtype, with `triton.compile` and a `GPUTarget`, and the
 PTX is assembled again with `ptxas -v` (the ptxas that ships with triton's NVIDIA backend, which runs on any
@@ -44,7 +44,7 @@ import triton
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT_DIR = ROOT / "benchmark_runs"
-KERNEL_FILE = ROOT / "kernels" / "thought_attention.py"
+KERNEL_FILE = ROOT / "quietstar" / "ops" / "thought_attention" / "triton.py"
 ARCHES = (90, 80)
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GROUPS = 4
@@ -78,7 +78,7 @@ def ptxas_for(arch: int) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def load_kernels():
-    """kernels/thought_attention.py loaded from its file: only torch and triton are imported, not the package."""
+    """quietstar/ops/thought_attention/triton.py loaded from its file: only torch and triton are imported, not the package."""
     spec = importlib.util.spec_from_file_location("thought_attention_kernels", KERNEL_FILE)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

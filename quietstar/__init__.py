@@ -8,10 +8,10 @@ package is not installed.
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .configuration_quietstar import QuietStarConfig
-from .configuration_quietstar_llama import QuietStarLlamaConfig
-from .configuration_quietstar_qwen2 import QuietStarQwen2Config
-from .configuration_quietstar_qwen3 import QuietStarQwen3Config
+from .models.configuration_quietstar_mistral import QuietStarConfig
+from .models.configuration_quietstar_llama import QuietStarLlamaConfig
+from .models.configuration_quietstar_qwen2 import QuietStarQwen2Config
+from .models.configuration_quietstar_qwen3 import QuietStarQwen3Config
 from .families import (
     FAMILIES,
     NEW_PARTS_MESSAGE,
@@ -22,15 +22,15 @@ from .families import (
     installed_package_directory,
     smollm2_gguf,
 )
-from .file_checks import CheckpointError
+from .checkpoint_files import CheckpointError
 from .meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT, add_thought_tokens
-from .modeling_quietstar import QuietStarForCausalLM
-from .modeling_quietstar_llama import QuietStarLlamaForCausalLM
-from .modeling_quietstar_qwen2 import QuietStarQwen2ForCausalLM
-from .modeling_quietstar_qwen3 import QuietStarQwen3ForCausalLM
-from .thinking_config import QuietStarConfigMixin
-from .thinking_model import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarModelMixin, QuietStarThoughtGate
-from .thought_gate import ThoughtGateFit, fit_thought_gate
+from .models.modeling_quietstar_mistral import QuietStarForCausalLM
+from .models.modeling_quietstar_llama import QuietStarLlamaForCausalLM
+from .models.modeling_quietstar_qwen2 import QuietStarQwen2ForCausalLM
+from .models.modeling_quietstar_qwen3 import QuietStarQwen3ForCausalLM
+from .models.configuration_quietstar import QuietStarConfigMixin
+from .models.modeling_quietstar import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarModelMixin, QuietStarThoughtGate
+from .training.thought_gate_fitting import ThoughtGateFit, fit_thought_gate
 from .tokenizer import load_mistral_tokenizer
 
 for _family in FAMILIES:

@@ -15,17 +15,17 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from .configuration_quietstar import QuietStarConfig
-from .configuration_quietstar_llama import QuietStarLlamaConfig
-from .configuration_quietstar_qwen2 import QuietStarQwen2Config
-from .configuration_quietstar_qwen3 import QuietStarQwen3Config
-from .file_checks import CheckpointError, check_base_source
-from .modeling_quietstar import QuietStarForCausalLM
-from .modeling_quietstar_llama import QuietStarLlamaForCausalLM
-from .modeling_quietstar_qwen2 import QuietStarQwen2ForCausalLM
-from .modeling_quietstar_qwen3 import QuietStarQwen3ForCausalLM
-from .thinking_config import QuietStarConfigMixin
-from .thinking_model import QuietStarModelMixin
+from .models.configuration_quietstar_mistral import QuietStarConfig
+from .models.configuration_quietstar_llama import QuietStarLlamaConfig
+from .models.configuration_quietstar_qwen2 import QuietStarQwen2Config
+from .models.configuration_quietstar_qwen3 import QuietStarQwen3Config
+from .checkpoint_files import CheckpointError, check_base_source
+from .models.modeling_quietstar_mistral import QuietStarForCausalLM
+from .models.modeling_quietstar_llama import QuietStarLlamaForCausalLM
+from .models.modeling_quietstar_qwen2 import QuietStarQwen2ForCausalLM
+from .models.modeling_quietstar_qwen3 import QuietStarQwen3ForCausalLM
+from .models.configuration_quietstar import QuietStarConfigMixin
+from .models.modeling_quietstar import QuietStarModelMixin
 
 
 @dataclass(frozen=True)

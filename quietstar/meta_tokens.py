@@ -3,7 +3,7 @@
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .thinking_model import QuietStarModelMixin
+from .models.modeling_quietstar import QuietStarModelMixin
 
 START_OF_THOUGHT = "<|startofthought|>"
 END_OF_THOUGHT = "<|endofthought|>"

@@ -25,9 +25,9 @@ for arg in "$@"; do
 done
 python train.py --config configs/smollm2_135m.yaml ${fresh[@]+"${fresh[@]}"} "$@"  # the guard keeps an empty array valid under set -u in bash 3
 echo
-echo "== What the trained model thinks at every position of a worked sum (python -m quietstar.inspect) =="
-python -m quietstar.inspect "$output_dir/final" --html "$output_dir/thoughts.html" \
+echo "== What the trained model thinks at every position of a worked sum (python -m quietstar.eval.inspector) =="
+python -m quietstar.eval.inspector "$output_dir/final" --html "$output_dir/thoughts.html" \
     --text "Compute 27 + 15. Add the ones: 7 + 5 = 12, write 2, carry 1. Add the tens: 2 + 1 + 1 = 4. So 27 + 15 = 42."
 echo
-echo "== A thinking generate() and the thought before each token (python -m quietstar.generate) =="
-python -m quietstar.generate "$output_dir/final" --prompt "Compute 36 + 47. Add the ones:" --max-new-tokens 24
+echo "== A thinking generate() and the thought before each token (python -m quietstar.eval.generate) =="
+python -m quietstar.eval.generate "$output_dir/final" --prompt "Compute 36 + 47. Add the ones:" --max-new-tokens 24

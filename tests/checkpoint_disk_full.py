@@ -13,7 +13,7 @@ from pathlib import Path
 import torch.distributed as dist
 import torch.distributed.checkpoint.filesystem as dcp_filesystem
 
-from quietstar.modeling_quietstar import QuietStarForCausalLM
+from quietstar.models.modeling_quietstar_mistral import QuietStarForCausalLM
 from quietstar.training.checkpoint import checkpoints_dir, save_checkpoint
 from quietstar.training.config import load_config
 from quietstar.training.model import load_tokenizer, setup_model

@@ -24,7 +24,7 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.tensor import DTensor
 
-from quietstar.data import PackedTokenStream, synthetic_corpus_files
+from quietstar.training.data import PackedTokenStream, synthetic_corpus_files
 from quietstar.training.config import load_config
 from quietstar.training.model import build_model, load_tokenizer, setup_model
 from quietstar.training.optim import build_optimizer, build_scheduler

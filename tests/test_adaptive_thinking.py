@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM
 
 import quietstar
 from quietstar import fit_thought_gate
-from quietstar.chunked_lm_head import linear_distillation_kl
-from quietstar.thought_gate import thought_effects
+from quietstar.models.lm_head import linear_distillation_kl
+from quietstar.training.thought_gate_fitting import thought_effects
 
 PROMPT_LENGTH, NEW_TOKENS = 6, 6
 
@@ -148,7 +148,7 @@ def test_fit_is_the_least_squares_solution_on_the_measured_log_kl():
     base, kl = thought_effects(model, input_ids, attention_mask)
     real = attention_mask.bool()
     assert fit.n_positions == int(real.sum())
-    target = kl[real].clamp(min=quietstar.thought_gate.MIN_KL).log().double()
+    target = kl[real].clamp(min=quietstar.training.thought_gate_fitting.MIN_KL).log().double()
     predicted = model.thought_gate.predicted_log_kl(base[real]).double()
     residual = target - predicted
     # normal equations of least squares with a bias: the residual is orthogonal to the features and sums to 0

@@ -86,7 +86,7 @@ def test_cost_model(bench):
 
 
 def test_dense_baseline_matches_torch_implementation(bench):
-    from quietstar.attention_quietstar import torch_thought_attention
+    from quietstar.models.thought_attention import torch_thought_attention
 
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(1, 4, 9, 16, generator=generator)

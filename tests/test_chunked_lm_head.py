@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from scripts import load_script
 
-from quietstar.chunked_lm_head import sample_thought_tokens, weighted_linear_cross_entropy
+from quietstar.models.lm_head import sample_thought_tokens, weighted_linear_cross_entropy
 
 IGNORE = -100
 ROWS, LENGTH, HIDDEN, VOCAB = 2, 9, 8, 37  # 18 rows: not a multiple of the chunk sizes 4 and 7

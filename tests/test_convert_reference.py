@@ -1,4 +1,4 @@
-"""Converting checkpoints of the original Quiet-STaR code (`quietstar.convert_reference`).
+"""Converting checkpoints of the original Quiet-STaR code (`quietstar.tools.convert_reference`).
 
 The fixture builds a tiny checkpoint in the reference layout from its documented facts only (a Mistral config with
 `max_thoughts` and head flags, vocab 32002, `<|startthought|>`/`<|endthought|>` at 32000/32001, random Mistral
@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
 
-import quietstar.convert_reference as convert_module
+import quietstar.tools.convert_reference as convert_module
 from quietstar import END_OF_THOUGHT, START_OF_THOUGHT, QuietStarConfig, QuietStarForCausalLM, load_mistral_tokenizer
-from quietstar.convert_reference import ReferenceCheckpointError, convert_reference_checkpoint, main
+from quietstar.tools.convert_reference import ReferenceCheckpointError, convert_reference_checkpoint, main
 
 HIDDEN = 64
 VOCAB = 32002
@@ -365,7 +365,7 @@ def test_source_without_tokenizer_uses_the_bundled_one(tmp_path, reference_tenso
     empty.mkdir()
     src = write_reference_checkpoint(tmp_path / "reference", reference_tensors, empty)
     shutil.rmtree(empty)
-    with caplog.at_level(logging.WARNING, logger="quietstar.convert_reference"):
+    with caplog.at_level(logging.WARNING, logger="quietstar.tools.convert_reference"):
         dst = convert_reference_checkpoint(src, tmp_path / "converted")
     assert any(
         "has no tokenizer files" in record.getMessage() and "bundled Mistral 7B v0.1 tokenizer" in record.getMessage()

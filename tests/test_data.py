@@ -11,14 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from quietstar.data import (
+from quietstar.training.data import (
     DataSourceError,
     PackedTokenStream,
     mixed_documents,
     shard_split_note,
     synthetic_corpus_files,
 )
-from quietstar.synthetic import write_synthetic_corpus
+from quietstar.training.synthetic import write_synthetic_corpus
 from quietstar.training.config import ConfigError, DataConfig, DataSourceConfig, SyntheticCorpusConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,7 +204,7 @@ def test_uneven_shards_are_explained_once_by_rank_0(tmp_path, mistral_tokenizer,
     assert shard_split_note(4, 2) is None and shard_split_note(3, 1) is None
     _write_jsonl(tmp_path / "one.jsonl", [f"doc {i}" for i in range(40)])
     config = DataConfig(sources=[DataSourceConfig(path="json", data_files=str(tmp_path / "one.jsonl"))], seq_len=8)
-    with caplog.at_level("WARNING", logger="quietstar.data"):
+    with caplog.at_level("WARNING", logger="quietstar.training.data"):
         streams = [PackedTokenStream(config, mistral_tokenizer, rank=rank, world_size=2) for rank in range(2)]
         for stream in streams:
             stream.load_state_dict(stream.state_dict())

@@ -9,7 +9,7 @@ import torch
 from scripts import load_script
 from tiny import tiny_config
 
-from quietstar.modeling_quietstar import QuietStarMixingHead
+from quietstar.models.modeling_quietstar_mistral import QuietStarMixingHead
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = ("docs", "quietstar", "kernels", "configs", "scripts", "benchmarks", "tests")
@@ -22,9 +22,9 @@ MARKDOWN_NAME = re.compile(r"(?<![\w./<>{}-])((?:\.\./|[\w-]+/)*[\w-]+\.md)(?!\w
 CLIS = {
     "python train.py": ("file", REPO_ROOT / "train.py"),
     "python -m quietstar.eval": ("module", "quietstar.eval.__main__"),
-    "python -m quietstar.inspect": ("module", "quietstar.inspect"),
-    "python -m quietstar.generate": ("module", "quietstar.generate"),
-    "python -m quietstar.convert_reference": ("module", "quietstar.convert_reference"),
+    "python -m quietstar.eval.inspector": ("module", "quietstar.eval.inspector"),
+    "python -m quietstar.eval.generate": ("module", "quietstar.eval.generate"),
+    "python -m quietstar.tools.convert_reference": ("module", "quietstar.tools.convert_reference"),
     **{f"python benchmarks/{path.name}": ("file", path) for path in sorted((REPO_ROOT / "benchmarks").glob("*.py"))},
 }
 

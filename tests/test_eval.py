@@ -15,7 +15,7 @@ from quietstar.eval.__main__ import main as eval_main
 from quietstar.eval.__main__ import parse_args
 from quietstar.eval.checkpoint import load_checkpoint, resolve_checkpoint
 from quietstar.eval.scoring import EvalDataError
-from quietstar.file_checks import CheckpointError
+from quietstar.checkpoint_files import CheckpointError
 
 GSM8K_ROWS = [
     {"question": "Tom has 3 apples and buys 4 more. How many apples does he have?", "answer": "3 + 4 = 7\n#### 7"},

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 from tiny_checkpoint import save_tiny_checkpoint
 
-from quietstar import file_checks
-from quietstar.file_checks import (
+from quietstar import checkpoint_files as file_checks
+from quietstar.checkpoint_files import (
     CheckpointError,
     check_safetensors_file,
     check_weight_files,

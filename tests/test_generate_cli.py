@@ -1,11 +1,11 @@
-"""`python -m quietstar.generate`: a thinking generate() and the thought behind each token, next to the base model's."""
+"""`python -m quietstar.eval.generate`: a thinking generate() and the thought behind each token, next to the base model's."""
 
 import pytest
 import torch
 from tiny_checkpoint import save_tiny_checkpoint
 
 from quietstar.eval.checkpoint import load_checkpoint
-from quietstar.generate import main
+from quietstar.eval.generate import main
 
 PROMPT = "Q: 12 + 30 = ?\nA:"
 

@@ -1,4 +1,4 @@
-"""`python -m quietstar.inspect`: per-position thoughts, mixing weights and rewards, table and HTML heatmap."""
+"""`python -m quietstar.eval.inspector`: per-position thoughts, mixing weights and rewards, table and HTML heatmap."""
 
 import json
 import re
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tiny_checkpoint import save_tiny_base_checkpoint, save_tiny_checkpoint
 
 from quietstar.eval.checkpoint import load_checkpoint
-from quietstar.inspect import decode_after, inspect_text, main, token_texts
+from quietstar.eval.inspector import decode_after, inspect_text, main, token_texts
 
 TEXT = "Q: 12 + 30 = ?\nA: 42"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -81,14 +81,14 @@ def test_rewards_are_base_minus_mixed_nll_of_the_next_tokens(tmp_path):
 
 
 def test_readme_example_passes_a_real_newline():
-    command = next(line for line in README.read_text().splitlines() if line.startswith("python -m quietstar.inspect"))
+    command = next(line for line in README.read_text().splitlines() if line.startswith("python -m quietstar.eval.inspector"))
     argument = re.search(r"--text (\$'[^']*'|\"[^\"]*\"|'[^']*')", command).group(1)
     text = subprocess.run(["bash", "-c", f"printf %s {argument}"], capture_output=True, text=True, check=True).stdout
     assert "\n" in text and "\\n" not in text
 
 
 def test_a_missing_checkpoint_is_one_line(tmp_path):
-    from quietstar.inspect import main
+    from quietstar.eval.inspector import main
 
     with pytest.raises(SystemExit, match=r"^error: checkpoint: no such directory: .*nope$"):
         main([str(tmp_path / "nope"), "--text", "1 + 1 = 2"])

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from tiny import TINY_VOCAB, tiny_model
 
-from quietstar.losses_quietstar import (
+from quietstar.models.loss import (
     IGNORE_INDEX,
     complete_windows,
     look_ahead_scores,
@@ -176,8 +176,8 @@ def unfused_sample_thought_tokens(hidden, weight, *, banned_ids, sample_temperat
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 2e-5), (torch.float64, 1e-10)])
 def test_chunked_lm_head_paths_match_the_unfused_computation(monkeypatch, dtype, tolerance):
     """Loss parts and gradients of a padded N = 2 training forward: chunked (3 rows per chunk) vs full logits."""
-    import quietstar.losses_quietstar as losses_module
-    import quietstar.thinking_model as modeling_module
+    import quietstar.models.loss as losses_module
+    import quietstar.models.modeling_quietstar as modeling_module
 
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, TINY_VOCAB - 2, (2, 9), generator=generator)
@@ -237,7 +237,7 @@ def test_bfloat16_rewards_agree_with_float32_rewards(setting, monkeypatch):
 
     The tolerance is meaningful: with the head multiplying in bf16 instead (as it did), the same check fails.
     """
-    import quietstar.chunked_lm_head as head_module
+    import quietstar.models.lm_head as head_module
 
     model = tiny_model(n_thought_tokens=4, n_ahead_talk=3).train()
     with torch.no_grad():  # mixing weights w of order 1e-3, as after some training

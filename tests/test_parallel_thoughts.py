@@ -153,7 +153,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(family):
 
 
 def test_thought_sampler_draws_from_the_distribution_and_never_a_masked_token():
-    from quietstar.chunked_lm_head import sample_thought_tokens
+    from quietstar.models.lm_head import sample_thought_tokens
 
     generator = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(3, 6, generator=generator), dim=-1)

@@ -20,15 +20,14 @@ QUIETSTAR_FIELDS = (
     "start_thought_token_id", "end_thought_token_id", "thinking", "attention_impl", "lm_head_chunk_size",
 )
 SHARED_CODE_FILES = {
-    "thinking_model.py", "thinking_config.py", "attention_quietstar.py", "generation_quietstar.py",
-    "losses_quietstar.py", "chunked_lm_head.py",
+    "modeling_quietstar.py", "configuration_quietstar.py", "thought_attention.py", "cached_thinking.py",
+    "loss.py", "lm_head.py",
 }
 
 
 def family_code_files(family: str) -> set[str]:
     """The modeling files a checkpoint of `family` carries for trust_remote_code: its own two plus the shared ones."""
-    suffix = "" if family == "mistral" else f"_{family}"
-    return {f"modeling_quietstar{suffix}.py", f"configuration_quietstar{suffix}.py"} | SHARED_CODE_FILES
+    return {f"modeling_quietstar_{family}.py", f"configuration_quietstar_{family}.py"} | SHARED_CODE_FILES
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

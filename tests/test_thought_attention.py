@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from quietstar import attention_quietstar
-from quietstar.attention_quietstar import resolve_attention_impl, thought_attention
+from quietstar.models import thought_attention as attention_quietstar
+from quietstar.models.thought_attention import resolve_attention_impl, thought_attention
 
 
 def random_inputs(batch, heads, kv_heads, length, passes, head_dim, seed, dtype=torch.float64):

@@ -1,4 +1,4 @@
-"""The fused Triton thought attention (`quietstar.kernels.thought_attention`) against the dense oracle.
+"""The fused Triton thought attention (`quietstar.ops.thought_attention.triton`) against the dense oracle.
 
 On CPU the kernels run in Triton's interpreter, which needs TRITON_INTERPRET=1 *before triton.language is first
 imported*: `@triton.jit` picks the interpreter when a function is defined (including triton's own standard library,
@@ -27,10 +27,10 @@ import triton.language as tl  # noqa: E402
 from tiny import FAMILY_NAMES, TINY_VOCAB, tiny_model  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-from quietstar.attention_quietstar import dense_thought_attention  # noqa: E402
-from quietstar.attention_quietstar import thought_attention as dispatch_thought_attention  # noqa: E402
-from quietstar.kernels import thought_attention as kernels  # noqa: E402
-from quietstar.kernels.thought_attention_reference import thought_attention_reference  # noqa: E402
+from quietstar.models.thought_attention import dense_thought_attention  # noqa: E402
+from quietstar.models.thought_attention import thought_attention as dispatch_thought_attention  # noqa: E402
+from quietstar.ops.thought_attention import triton as kernels  # noqa: E402
+from quietstar.ops.thought_attention.naive import thought_attention_reference  # noqa: E402
 
 RUNNABLE_HERE = CUDA or (kernels.INTERPRET and isinstance(tl.zeros, InterpretedFunction))
 in_process = pytest.mark.skipif(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import quietstar
 
-from ..file_checks import CheckpointError
+from ..checkpoint_files import CheckpointError
 from .checkpoint import NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
 from .scoring import LOCAL_FORMATS, TASKS, EvalDataError, EvalSettings, evaluate_task, load_examples, local_data_file
 

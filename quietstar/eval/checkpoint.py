@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..file_checks import CheckpointError, check_weight_files, could_be_hub_id
-from ..thinking_config import QuietStarConfigMixin
+from ..checkpoint_files import CheckpointError, check_weight_files, could_be_hub_id
+from ..models.configuration_quietstar import QuietStarConfigMixin
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

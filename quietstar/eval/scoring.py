@@ -8,8 +8,8 @@ import torch
 from datasets import load_dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..file_checks import text_file_problem
-from ..thinking_config import QuietStarConfigMixin
+from ..checkpoint_files import text_file_problem
+from ..models.configuration_quietstar import QuietStarConfigMixin
 from .checkpoint import could_be_hub_id
 
 logger = logging.getLogger(__name__)

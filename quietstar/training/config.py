@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
-from ..file_checks import could_be_hub_id
+from ..checkpoint_files import could_be_hub_id
 from ..families import FAMILIES, Family, family_of
-from ..thinking_config import QuietStarConfigMixin
+from ..models.configuration_quietstar import QuietStarConfigMixin
 
 BUILTIN_MISTRAL_TOKENIZER = "builtin-mistral"
 INSTALLED_PACKAGE_PREFIX = "package:"

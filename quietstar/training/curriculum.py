@@ -2,7 +2,7 @@
 
 import logging
 
-from ..thinking_config import QuietStarConfigMixin
+from ..models.configuration_quietstar import QuietStarConfigMixin
 from .config import ThoughtLengthStage
 
 logger = logging.getLogger(__name__)

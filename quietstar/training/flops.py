@@ -9,7 +9,7 @@ and the LM head runs once for the base pass, once per sampled thought token and 
 
 import torch
 
-from ..thinking_config import QuietStarConfigMixin
+from ..models.configuration_quietstar import QuietStarConfigMixin
 
 # Dense bf16 peak FLOP/s per device (vendor spec sheets), matched against the device name.
 PEAK_FLOPS = {

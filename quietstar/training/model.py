@@ -8,9 +8,9 @@ import torch.distributed as dist
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..families import family_of, from_base, installed_package_directory
-from ..file_checks import check_base_source
+from ..checkpoint_files import check_base_source
 from ..meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT, add_thought_tokens
-from ..thinking_model import QuietStarModelMixin
+from ..models.modeling_quietstar import QuietStarModelMixin
 from ..tokenizer import forget_load_options, load_mistral_tokenizer
 from .config import BUILTIN_MISTRAL_TOKENIZER, INSTALLED_PACKAGE_PREFIX, ConfigError, ModelConfig, check_model_fields
 from .parallel import World, apply_fsdp, materialize_from_rank0

@@ -2,7 +2,7 @@
 
 from transformers import Qwen3Config
 
-from .thinking_config import QuietStarConfigMixin
+from .configuration_quietstar import QuietStarConfigMixin
 
 
 class QuietStarQwen3Config(QuietStarConfigMixin, Qwen3Config):

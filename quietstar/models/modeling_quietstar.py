@@ -34,11 +34,11 @@ from transformers import Cache, DynamicCache
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .attention_quietstar import ThoughtKVStore, resolve_attention_impl
-from .chunked_lm_head import linear_distillation_kl, sample_thought_tokens
-from .thinking_config import QuietStarConfigMixin
-from .generation_quietstar import QuietStarGenerationMixin, check_thinking_cache
-from .losses_quietstar import IGNORE_INDEX, look_ahead_scores, quietstar_loss, shift_left
+from .thought_attention import ThoughtKVStore, resolve_attention_impl
+from .lm_head import linear_distillation_kl, sample_thought_tokens
+from .configuration_quietstar import QuietStarConfigMixin
+from .cached_thinking import QuietStarGenerationMixin, check_thinking_cache
+from .loss import IGNORE_INDEX, look_ahead_scores, quietstar_loss, shift_left
 
 
 @dataclass

@@ -8,9 +8,9 @@ import torch
 from transformers import Qwen3ForCausalLM
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, apply_rotary_pos_emb
 
-from .attention_quietstar import ThoughtAttentionMixin
+from .thought_attention import ThoughtAttentionMixin
 from .configuration_quietstar_qwen3 import QuietStarQwen3Config
-from .thinking_model import QuietStarModelMixin
+from .modeling_quietstar import QuietStarModelMixin
 
 
 class QuietStarQwen3Attention(ThoughtAttentionMixin, Qwen3Attention):

@@ -22,9 +22,9 @@ from datasets import IterableDataset, interleave_datasets, load_dataset
 from datasets.distributed import split_dataset_by_node
 from transformers import PreTrainedTokenizerBase
 
-from .file_checks import text_file_problem
+from ..checkpoint_files import text_file_problem
 from .synthetic import write_synthetic_corpus
-from .training.config import SYNTHETIC_SOURCE, ConfigError, DataConfig, DataSourceConfig
+from .config import SYNTHETIC_SOURCE, ConfigError, DataConfig, DataSourceConfig
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from .chunked_lm_head import DEFAULT_CHUNK_SIZE, weighted_linear_cross_entropy
+from .lm_head import DEFAULT_CHUNK_SIZE, weighted_linear_cross_entropy
 
 IGNORE_INDEX = -100
 

@@ -21,7 +21,7 @@ import torch
 from transformers import Cache
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .losses_quietstar import IGNORE_INDEX
+from .loss import IGNORE_INDEX
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`python -m quietstar.inspect CHECKPOINT --text "..."`: what the model thinks at every position of a text.
+"""`python -m quietstar.eval.inspector CHECKPOINT --text "..."`: what the model thinks at every position of a text.
 
 For each position i (after token x[i]) the table shows the thought generated there, the mixing weight w of the
 next-token prediction and the thought's reward as in training: the NLL of the next `n_ahead_talk` tokens without the
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .eval.checkpoint import DTYPES, NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
-from .file_checks import CheckpointError
-from .losses_quietstar import look_ahead_scores
+from .checkpoint import DTYPES, NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
+from ..checkpoint_files import CheckpointError
+from ..models.loss import look_ahead_scores
 
 
 @dataclass
@@ -139,7 +139,7 @@ def format_html(report: ThoughtReport, title: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m quietstar.inspect", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m quietstar.eval.inspector", description=__doc__.splitlines()[0])
     parser.add_argument(
         "checkpoint",
         help="quietstar checkpoint directory (or hub model id) with its tokenizer, e.g. outputs/tiny/final",

@@ -7,9 +7,9 @@ Llama 3.x (and Llama 2): rope_scaling of type "llama3" and tied or untied embedd
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaAttention
 
-from .attention_quietstar import ThoughtAttentionMixin
+from .thought_attention import ThoughtAttentionMixin
 from .configuration_quietstar_llama import QuietStarLlamaConfig
-from .thinking_model import QuietStarModelMixin
+from .modeling_quietstar import QuietStarModelMixin
 
 
 class QuietStarLlamaAttention(ThoughtAttentionMixin, LlamaAttention):

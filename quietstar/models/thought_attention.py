@@ -257,16 +257,16 @@ def torch_thought_attention(query, base_key, base_value, thought_keys, thought_v
 
 
 def triton_thought_attention(query, base_key, base_value, thought_keys, thought_values, key_padding_mask, scaling):
-    """The fused Triton kernel of `quietstar.kernels`.
+    """The fused Triton kernel of `quietstar.ops.thought_attention`.
 
     Imported by name at call time: the kernels are a subpackage of the installed `quietstar` package and are not
     copied next to a checkpoint's remote code, so this implementation needs `pip install quietstar`.
     """
     try:
-        kernel = importlib.import_module("quietstar.kernels.thought_attention")
+        kernel = importlib.import_module("quietstar.ops.thought_attention.triton")
     except ImportError as error:
         raise ImportError(
-            "attention_impl='triton' needs the installed quietstar package (quietstar.kernels) and triton; "
+            "attention_impl='triton' needs the installed quietstar package (quietstar.ops) and triton; "
             "use attention_impl='torch' otherwise"
         ) from error
     return kernel.thought_attention(

@@ -2,7 +2,7 @@
 
 from transformers import LlamaConfig
 
-from .thinking_config import QuietStarConfigMixin
+from .configuration_quietstar import QuietStarConfigMixin
 
 
 class QuietStarLlamaConfig(QuietStarConfigMixin, LlamaConfig):

@@ -35,7 +35,7 @@ What the conversion does:
 The result is written to a temporary directory next to DST (created with the usual permissions, umask applied)
 and renamed to DST at the end, so a failure leaves nothing at DST.
 
-Usage: `python -m quietstar.convert_reference SRC DST [--n-thought-tokens 7] [--overwrite]`.
+Usage: `python -m quietstar.tools.convert_reference SRC DST [--n-thought-tokens 7] [--overwrite]`.
 """
 
 import argparse
@@ -49,11 +49,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
-from .configuration_quietstar import QuietStarConfig
-from .file_checks import CheckpointError, check_safetensors_file
-from .meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT
-from .modeling_quietstar import QuietStarForCausalLM
-from .tokenizer import forget_load_options, load_mistral_tokenizer, load_sentencepiece_tokenizer
+from ..models.configuration_quietstar_mistral import QuietStarConfig
+from ..checkpoint_files import CheckpointError, check_safetensors_file
+from ..meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT
+from ..models.modeling_quietstar_mistral import QuietStarForCausalLM
+from ..tokenizer import forget_load_options, load_mistral_tokenizer, load_sentencepiece_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -405,9 +405,9 @@ def _replace_directory(staging: Path, dst: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: `python -m quietstar.convert_reference SRC DST [--n-thought-tokens 7]`."""
+    """Command-line entry point: `python -m quietstar.tools.convert_reference SRC DST [--n-thought-tokens 7]`."""
     parser = argparse.ArgumentParser(
-        prog="python -m quietstar.convert_reference",
+        prog="python -m quietstar.tools.convert_reference",
         description="Convert a checkpoint of the original Quiet-STaR code (e.g. ezelikman/quietstar-8-ahead) into a "
         "quietstar checkpoint.",
     )

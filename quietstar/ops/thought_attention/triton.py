@@ -47,7 +47,7 @@ Backward, with Delta_i = rowsum(dO_i * O_i) and P = exp(S - LSE) from the combin
     Splitting the dK/dV grid over query heads keeps every tile's work; it adds 8 B d (Hkv L) fp32 bytes per
     split for the partial sums, and gives B = 1, L = 2048 on Mistral 7B (8 KV heads, G = 4) twice the programs.
 All matrix products accumulate in fp32. bf16/fp16 inputs use tensor cores. fp32 inputs on CUDA run the `torch`
-implementation of `quietstar.attention_quietstar` instead: the IEEE fp32 dot path spills kilobytes at d = 128, and
+implementation of `quietstar.models.thought_attention` instead: the IEEE fp32 dot path spills kilobytes at d = 128, and
 the tf32 path still spills in the configs that are spill-free for bf16 (see the compile report). Under
 TRITON_INTERPRET=1 (CPU) the kernels run for every dtype; the operands of tl.dot are upcast to fp32 because the
 interpreter multiplies raw bf16 bit patterns, and fp32 products are exact.
@@ -882,7 +882,7 @@ def thought_attention(
     if scaling is None:
         scaling = 1.0 / math.sqrt(q.shape[-1])
     if q.dtype == torch.float32 and q.is_cuda:
-        from quietstar.attention_quietstar import torch_thought_attention
+        from ...models.thought_attention import torch_thought_attention
 
         return torch_thought_attention(q, kb, vb, kt, vt, key_padding_mask, scaling).transpose(1, 2)
     q, kb, vb = (_inner_contiguous(t) for t in (q, kb, vb))

@@ -2,7 +2,7 @@
 
 from transformers import Qwen2Config
 
-from .thinking_config import QuietStarConfigMixin
+from .configuration_quietstar import QuietStarConfigMixin
 
 
 class QuietStarQwen2Config(QuietStarConfigMixin, Qwen2Config):

@@ -2,7 +2,7 @@
 
 from transformers import MistralConfig
 
-from .thinking_config import QuietStarConfigMixin
+from .configuration_quietstar import QuietStarConfigMixin
 
 
 class QuietStarConfig(QuietStarConfigMixin, MistralConfig):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .chunked_lm_head import linear_distillation_kl
-from .thinking_model import QuietStarModelMixin
+from ..models.lm_head import linear_distillation_kl
+from ..models.modeling_quietstar import QuietStarModelMixin
 
 # KLs below this are clamped before the log (an untrained mixing head gives exactly 0).
 MIN_KL = 1e-8

@@ -7,9 +7,9 @@ Qwen2's own forward does. The algorithm is `thinking_model.QuietStarModelMixin`,
 from transformers import Qwen2ForCausalLM
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
 
-from .attention_quietstar import ThoughtAttentionMixin
+from .thought_attention import ThoughtAttentionMixin
 from .configuration_quietstar_qwen2 import QuietStarQwen2Config
-from .thinking_model import QuietStarModelMixin
+from .modeling_quietstar import QuietStarModelMixin
 
 
 class QuietStarQwen2Attention(ThoughtAttentionMixin, Qwen2Attention):

@@ -1,4 +1,4 @@
-"""`python -m quietstar.generate CHECKPOINT --prompt "..."`: a thinking `generate()` and the thought behind each token.
+"""`python -m quietstar.eval.generate CHECKPOINT --prompt "..."`: a thinking `generate()` and the thought behind each token.
 
 Generates greedily twice from the same prompt: with thinking (stock `generate()` in eval mode, through
 `generate_with_thoughts` to read back each token's thought and mixing weight) and without (`thinking=False`, the base
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .eval.checkpoint import load_checkpoint, resolve_checkpoint
-from .file_checks import CheckpointError
-from .inspect import decode_after
+from .checkpoint import load_checkpoint, resolve_checkpoint
+from ..checkpoint_files import CheckpointError
+from .inspector import decode_after
 
 
 @dataclass
@@ -77,7 +77,7 @@ def format_generation(result: ThinkingGeneration, width: int = 48) -> str:
 
 
 def main(argv=None) -> ThinkingGeneration:
-    parser = argparse.ArgumentParser(prog="python -m quietstar.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m quietstar.eval.generate", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument(
         "--prompt", required=True, help="the prompt; in bash, $'...' quoting passes a real newline: $'Q: 1 + 1 = ?\\nA:'"

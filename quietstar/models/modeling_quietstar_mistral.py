@@ -7,9 +7,9 @@ Mistral's attention and causal-LM classes. Weights keep Mistral's names, so a Mi
 from transformers import MistralForCausalLM
 from transformers.models.mistral.modeling_mistral import MistralAttention
 
-from .attention_quietstar import ThoughtAttentionMixin
-from .configuration_quietstar import QuietStarConfig
-from .thinking_model import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarModelMixin, QuietStarThoughtEmbeddings
+from .thought_attention import ThoughtAttentionMixin
+from .configuration_quietstar_mistral import QuietStarConfig
+from .modeling_quietstar import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarModelMixin, QuietStarThoughtEmbeddings
 
 
 class QuietStarAttention(ThoughtAttentionMixin, MistralAttention):

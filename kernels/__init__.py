@@ -1,1 +1,0 @@
-"""Triton kernels of quietstar (installed as `quietstar.kernels`)."""
