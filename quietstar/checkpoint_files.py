@@ -11,11 +11,12 @@ from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from .errors import UserError
 
 _CHUNK_BYTES = 1 << 20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded: missing, not a checkpoint directory, or with a damaged weights file."""
 
 

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..checkpoint_files import text_file_problem
 from ..models.configuration_quietstar import QuietStarConfigMixin
 from .checkpoint import could_be_hub_id
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def _task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-class EvalDataError(ValueError):
+class EvalDataError(UserError, ValueError):
     """An evaluation data set that is missing, empty, unreadable or not in its task's format (the message says
     which)."""
 

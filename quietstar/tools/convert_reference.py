@@ -54,6 +54,7 @@ from ..checkpoint_files import CheckpointError, check_safetensors_file
 from ..meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT
 from ..models.modeling_quietstar_mistral import QuietStarForCausalLM
 from ..tokenizer import forget_load_options, load_mistral_tokenizer, load_sentencepiece_tokenizer
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ MIXING_HEAD_NAMES = {
 META_EMBEDDING_NAMES = ("start_embedding", "end_embedding")  # row 0 of each -> thought_embeddings.weight row 0 / 1
 
 
-class ReferenceCheckpointError(ValueError):
+class ReferenceCheckpointError(UserError, ValueError):
     """SRC is not a checkpoint of the original Quiet-STaR code in the supported layout."""
 
 

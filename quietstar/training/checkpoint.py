@@ -33,13 +33,14 @@ from transformers import PreTrainedTokenizerBase
 
 from ..families import family_of
 from .parallel import DTYPES, World
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
-class TrainingCheckpointError(RuntimeError):
+class TrainingCheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be written or resumed; the message names the directory and what is wrong."""
 
 

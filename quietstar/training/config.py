@@ -20,6 +20,7 @@ import yaml
 from ..checkpoint_files import could_be_hub_id
 from ..families import FAMILIES, Family, family_of
 from ..models.configuration_quietstar import QuietStarConfigMixin
+from ..errors import UserError
 
 BUILTIN_MISTRAL_TOKENIZER = "builtin-mistral"
 INSTALLED_PACKAGE_PREFIX = "package:"
@@ -37,7 +38,7 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid training config; the message names the offending key."""
 
 

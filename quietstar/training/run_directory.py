@@ -6,6 +6,7 @@ run) or `--overwrite` (delete it first); anything else would mix two runs' metri
 
 import shutil
 from pathlib import Path
+from ..errors import UserError
 
 # Written by every run; one of them is enough to call the directory a run's.
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "final")
@@ -18,7 +19,7 @@ _RUN_EXTRAS = (".tmp-final", ".old-final", ".tmp-metrics.jsonl", ".tmp-config.ya
 _DEFAULT_SYNTHETIC_CORPUS = ("synthetic_corpus", ".tmp-synthetic_corpus")
 
 
-class RunDirectoryError(ValueError):
+class RunDirectoryError(UserError, ValueError):
     """An output directory that cannot be used as asked; the message names the directory and the flags."""
 
 
