@@ -40,7 +40,7 @@ for _family in FAMILIES:
     _family.model_class.register_for_auto_class("AutoModelForCausalLM")
 del _family
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "END_OF_THOUGHT",
