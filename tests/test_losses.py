@@ -177,7 +177,7 @@ def unfused_sample_thought_tokens(hidden, weight, *, banned_ids, sample_temperat
 def test_chunked_lm_head_paths_match_the_unfused_computation(monkeypatch, dtype, tolerance):
     """Loss parts and gradients of a padded N = 2 training forward: chunked (3 rows per chunk) vs full logits."""
     import quietstar.models.loss as losses_module
-    import quietstar.models.modeling_quietstar as modeling_module
+    import quietstar.models.thinking_parts as thinking_parts_module
 
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, TINY_VOCAB - 2, (2, 9), generator=generator)
@@ -195,7 +195,7 @@ def test_chunked_lm_head_paths_match_the_unfused_computation(monkeypatch, dtype,
 
     chunked_parts, chunked_grads = run()
     monkeypatch.setattr(losses_module, "weighted_linear_cross_entropy", unfused_weighted_linear_cross_entropy)
-    monkeypatch.setattr(modeling_module, "sample_thought_tokens", unfused_sample_thought_tokens)
+    monkeypatch.setattr(thinking_parts_module, "sample_thought_tokens", unfused_sample_thought_tokens)
     unfused_parts, unfused_grads = run()
     assert chunked_parts["policy_loss"] != 0
     for name, value in unfused_parts.items():
