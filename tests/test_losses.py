@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from reference_lm_head import unfused_sample_thought_tokens, unfused_weighted_linear_cross_entropy
 from tiny import TINY_VOCAB, tiny_model
 
 from quietstar.models.loss import (
@@ -149,28 +149,6 @@ def test_training_loss_is_the_weighted_sum_of_its_parts():
     output = model(torch.randint(0, TINY_VOCAB - 2, (2, 9)))
     expected = 0.25 * output.base_loss + 0.75 * output.thought_loss + 3.0 * output.policy_loss
     torch.testing.assert_close(output.loss.detach(), expected)
-
-
-def unfused_weighted_linear_cross_entropy(hidden, weight, targets, row_weights, *, ignore_index, chunk_size):
-    """The plain computation: full (rows, V) logits, then cross-entropy (what autograd would keep is all of it)."""
-    logits = F.linear(hidden, weight)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    nll = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=ignore_index, reduction="none")
-    nll = nll.view_as(targets)
-    return (nll * row_weights).sum(), nll.detach()
-
-
-def unfused_sample_thought_tokens(hidden, weight, *, banned_ids, sample_temperature, logprob_temperature, given_tokens, chunk_size):
-    logits = F.linear(hidden, weight)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).index_fill(-1, banned_ids, float("-inf"))
-    tokens = given_tokens
-    if tokens is None:
-        probs = torch.softmax(logits.detach() / sample_temperature, dim=-1)
-        tokens = torch.distributions.Categorical(probs=probs).sample()
-    if logprob_temperature is None:
-        return tokens, None
-    logprobs = torch.log_softmax(logits / logprob_temperature, dim=-1)
-    return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 2e-5), (torch.float64, 1e-10)])
