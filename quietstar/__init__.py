@@ -29,7 +29,8 @@ from .models.modeling_quietstar_llama import QuietStarLlamaForCausalLM
 from .models.modeling_quietstar_qwen2 import QuietStarQwen2ForCausalLM
 from .models.modeling_quietstar_qwen3 import QuietStarQwen3ForCausalLM
 from .models.configuration_quietstar import QuietStarConfigMixin
-from .models.modeling_quietstar import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarModelMixin, QuietStarThoughtGate
+from .models.modeling_quietstar import QuietStarModelMixin
+from .models.thinking_parts import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarThoughtGate
 from .training.thought_gate_fitting import ThoughtGateFit, fit_thought_gate
 from .tokenizer import load_mistral_tokenizer
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_lm_head import unfused_logits, unfused_logprob, unfused_nll, unfused_pick
 from scripts import load_script
 
 from quietstar.models.lm_head import sample_thought_tokens, weighted_linear_cross_entropy
@@ -24,30 +25,6 @@ def make_inputs(dtype, seed=0):
     return hidden, weight
 
 
-def unfused_thought_logits(hidden, weight):
-    """Today's thought-pass logits: the full (B', L, V) head output with the meta tokens at -inf."""
-    logits = F.linear(hidden, weight)
-    return logits.index_fill(-1, torch.tensor(META_IDS), float("-inf"))
-
-
-def unfused_pick(logits, temperature):
-    """Today's sampler on (B', L, V): argmax at temperature 0, else inverse CDF with torch.rand(B', L, 1)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.detach().float() / temperature, dim=-1)
-    cdf = probs.cumsum(dim=-1)
-    uniform = torch.rand(*probs.shape[:-1], 1) * cdf[..., -1:]
-    tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=probs.shape[-1] - 1)
-    drawable = probs.gather(-1, tokens) > 0
-    return torch.where(drawable, tokens, probs.argmax(dim=-1, keepdim=True)).squeeze(-1)
-
-
-def unfused_logprob(logits, tokens, temperature):
-    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
-    logprobs = torch.log_softmax(logits.to(compute_dtype) / temperature, dim=-1)
-    return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
 def grads(output, weights, inputs):
     return torch.autograd.grad((output * weights).sum(), inputs)
 
@@ -59,12 +36,6 @@ def targets_and_weights(dtype, seed=1):
     targets[0, -3:] = IGNORE
     targets[1, 2] = IGNORE
     return targets, torch.rand(ROWS, LENGTH, generator=generator, dtype=dtype)
-
-
-def unfused_nll(hidden, weight, targets):
-    logits = F.linear(hidden, weight)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none").view_as(targets)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -153,7 +124,7 @@ def test_weighted_linear_cross_entropy_without_grad_keeps_nothing():
 def test_sampling_draws_the_unfused_tokens_and_log_probabilities(dtype, chunk_size, clipped):
     hidden, weight = make_inputs(dtype)
     torch.manual_seed(123)
-    logits = unfused_thought_logits(hidden, weight)
+    logits = unfused_logits(hidden, weight, META_IDS)
     expected_tokens = unfused_pick(logits, temperature=1.0)
     expected_logprob = unfused_logprob(logits, expected_tokens, temperature=3.0)
     after_unfused = torch.rand(3)
@@ -183,7 +154,7 @@ def test_explicit_uniform_numbers_give_the_draw_of_the_same_numbers():
         hidden, weight, banned_ids=META_IDS, sample_temperature=0.7, logprob_temperature=None, uniform=uniform,
         chunk_size=4,
     )
-    probs = torch.softmax(unfused_thought_logits(hidden, weight).detach() / 0.7, dim=-1)
+    probs = torch.softmax(unfused_logits(hidden, weight, META_IDS).detach() / 0.7, dim=-1)
     cdf = probs.cumsum(-1)
     expected = torch.searchsorted(cdf, uniform.unsqueeze(-1) * cdf[..., -1:], right=True).squeeze(-1)
     assert torch.equal(tokens, expected)
@@ -208,7 +179,7 @@ def test_banned_ids_are_never_drawn_even_when_they_dominate():
 @pytest.mark.parametrize("chunk_size", [4, 64])
 def test_argmax_mode_takes_the_masked_argmax_and_draws_no_random_numbers(chunk_size):
     hidden, weight = make_inputs(torch.float64)
-    logits = unfused_thought_logits(hidden, weight)
+    logits = unfused_logits(hidden, weight, META_IDS)
     torch.manual_seed(7)
     tokens, logprob = sample_thought_tokens(
         hidden, weight, banned_ids=META_IDS, sample_temperature=0, logprob_temperature=2.0, chunk_size=chunk_size
@@ -228,7 +199,7 @@ def test_given_tokens_mode_scores_the_given_tokens(dtype):
         hidden, weight, banned_ids=META_IDS, sample_temperature=1.0, logprob_temperature=0.5, given_tokens=given,
         chunk_size=7,
     )
-    expected = unfused_logprob(unfused_thought_logits(hidden, weight), given, 0.5)
+    expected = unfused_logprob(unfused_logits(hidden, weight, META_IDS), given, 0.5)
     assert torch.equal(tokens, given)
     torch.testing.assert_close(logprob, expected, **TOLERANCE[dtype])
     got = torch.autograd.grad(logprob.sum(), (hidden, weight))
@@ -295,9 +266,8 @@ def test_chunked_functions_save_no_vocabulary_sized_tensor_per_row():
     banned = [vocab - 2, vocab - 1]
 
     def unfused():
-        logits = F.linear(hidden, weight)
-        nll = F.cross_entropy(logits.float(), targets, reduction="none")
-        masked = logits.index_fill(-1, torch.tensor(banned), float("-inf"))
+        nll = unfused_nll(hidden, weight, targets)
+        masked = unfused_logits(hidden, weight, banned)
         tokens = unfused_pick(masked, 1.0)
         return nll, unfused_logprob(masked, tokens, 2.0)
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from reference_lm_head import unfused_sample_thought_tokens, unfused_weighted_linear_cross_entropy
 from tiny import TINY_VOCAB, tiny_model
 
 from quietstar.models.loss import (
@@ -151,33 +151,11 @@ def test_training_loss_is_the_weighted_sum_of_its_parts():
     torch.testing.assert_close(output.loss.detach(), expected)
 
 
-def unfused_weighted_linear_cross_entropy(hidden, weight, targets, row_weights, *, ignore_index, chunk_size):
-    """The plain computation: full (rows, V) logits, then cross-entropy (what autograd would keep is all of it)."""
-    logits = F.linear(hidden, weight)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    nll = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=ignore_index, reduction="none")
-    nll = nll.view_as(targets)
-    return (nll * row_weights).sum(), nll.detach()
-
-
-def unfused_sample_thought_tokens(hidden, weight, *, banned_ids, sample_temperature, logprob_temperature, given_tokens, chunk_size):
-    logits = F.linear(hidden, weight)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).index_fill(-1, banned_ids, float("-inf"))
-    tokens = given_tokens
-    if tokens is None:
-        probs = torch.softmax(logits.detach() / sample_temperature, dim=-1)
-        tokens = torch.distributions.Categorical(probs=probs).sample()
-    if logprob_temperature is None:
-        return tokens, None
-    logprobs = torch.log_softmax(logits / logprob_temperature, dim=-1)
-    return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 2e-5), (torch.float64, 1e-10)])
 def test_chunked_lm_head_paths_match_the_unfused_computation(monkeypatch, dtype, tolerance):
     """Loss parts and gradients of a padded N = 2 training forward: chunked (3 rows per chunk) vs full logits."""
     import quietstar.models.loss as losses_module
-    import quietstar.models.modeling_quietstar as modeling_module
+    import quietstar.models.thinking_parts as thinking_parts_module
 
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, TINY_VOCAB - 2, (2, 9), generator=generator)
@@ -195,7 +173,7 @@ def test_chunked_lm_head_paths_match_the_unfused_computation(monkeypatch, dtype,
 
     chunked_parts, chunked_grads = run()
     monkeypatch.setattr(losses_module, "weighted_linear_cross_entropy", unfused_weighted_linear_cross_entropy)
-    monkeypatch.setattr(modeling_module, "sample_thought_tokens", unfused_sample_thought_tokens)
+    monkeypatch.setattr(thinking_parts_module, "sample_thought_tokens", unfused_sample_thought_tokens)
     unfused_parts, unfused_grads = run()
     assert chunked_parts["policy_loss"] != 0
     for name, value in unfused_parts.items():

@@ -21,7 +21,7 @@ QUIETSTAR_FIELDS = (
 )
 SHARED_CODE_FILES = {
     "modeling_quietstar.py", "configuration_quietstar.py", "thought_attention.py", "cached_thinking.py",
-    "loss.py", "lm_head.py",
+    "loss.py", "lm_head.py", "thinking_parts.py", "parallel_thoughts.py",
 }
 
 

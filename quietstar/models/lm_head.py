@@ -1,5 +1,9 @@
 """LM-head operations that never keep a (rows, V) tensor for backward.
 
+Every op of the model layer that multiplies hidden states by the LM head during training lives here: the loss's
+cross-entropy, the thought sampler (drawing each thought token and its REINFORCE log-probability is an LM-head op
+too) and the distillation KL. The model's returned logits (`ThinkingParts.thinking_logits`) are a plain head call.
+
 A Quiet-STaR step needs, per pass, either the NLL of a target token (base and look-ahead passes) or a sampled
 thought token and its log-probability at the REINFORCE temperature (thought passes). Computed naively, each of
 these materialises (rows, V) logits and an fp32 log-softmax that autograd keeps until backward: with V = 32002 that
@@ -15,6 +19,8 @@ logits live only while that chunk is processed:
   REINFORCE advantage) is known only after the look-ahead passes, so autograd keeps the hidden states, the head
   weight, the token ids and one fp32 log-sum-exp per row, and backward recomputes the logits of the rows whose
   upstream gradient is non-zero (with clipped advantages and two thoughts per position, about half of them).
+- `linear_distillation_kl` returns KL(teacher || student) per row of two sets of hidden states through the same
+  head, and its weighted sum, with the gradient of the student computed chunk by chunk in the forward.
 
 Shapes: `hidden` is (..., H) (N rows once the leading dimensions are flattened), `weight` is the (V, H) head
 weight (no bias). Logits, softmaxes and per-row outputs are computed in float32 whatever the dtypes of `hidden` and

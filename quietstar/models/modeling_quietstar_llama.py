@@ -1,7 +1,7 @@
 """Quiet-STaR on Llama: `LlamaForCausalLM` that thinks before each token.
 
 Llama 3.x (and Llama 2): rope_scaling of type "llama3" and tied or untied embeddings come from
-`LlamaConfig` and `LlamaForCausalLM` unchanged. The algorithm is `thinking_model.QuietStarModelMixin`, shared by every family.
+`LlamaConfig` and `LlamaForCausalLM` unchanged. The algorithm is `modeling_quietstar.QuietStarModelMixin`, shared by every family.
 """
 
 from transformers import LlamaForCausalLM

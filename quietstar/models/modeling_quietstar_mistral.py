@@ -1,6 +1,6 @@
 """Quiet-STaR on Mistral: `MistralForCausalLM` that thinks before each token.
 
-The algorithm is `thinking_model.QuietStarModelMixin`, shared by every family; this module only binds it to
+The algorithm is `modeling_quietstar.QuietStarModelMixin`, shared by every family; this module only binds it to
 Mistral's attention and causal-LM classes. Weights keep Mistral's names, so a Mistral checkpoint loads unchanged.
 """
 
@@ -9,7 +9,8 @@ from transformers.models.mistral.modeling_mistral import MistralAttention
 
 from .thought_attention import ThoughtAttentionMixin
 from .configuration_quietstar_mistral import QuietStarConfig
-from .modeling_quietstar import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarModelMixin, QuietStarThoughtEmbeddings
+from .modeling_quietstar import QuietStarModelMixin
+from .thinking_parts import QuietStarCausalLMOutput, QuietStarMixingHead, QuietStarThoughtEmbeddings
 
 
 class QuietStarAttention(ThoughtAttentionMixin, MistralAttention):

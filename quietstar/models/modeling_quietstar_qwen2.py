@@ -1,7 +1,7 @@
 """Quiet-STaR on Qwen2: `Qwen2ForCausalLM` that thinks before each token.
 
 Qwen2 / Qwen2.5: the q/k/v projections carry biases, which the shared projection applies as
-Qwen2's own forward does. The algorithm is `thinking_model.QuietStarModelMixin`, shared by every family.
+Qwen2's own forward does. The algorithm is `modeling_quietstar.QuietStarModelMixin`, shared by every family.
 """
 
 from transformers import Qwen2ForCausalLM

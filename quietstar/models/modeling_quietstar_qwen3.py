@@ -1,7 +1,7 @@
 """Quiet-STaR on Qwen3: `Qwen3ForCausalLM` that thinks before each token.
 
 Qwen3: q_norm and k_norm are applied per head before RoPE, and head_dim need not be
-hidden_size / num_attention_heads. The algorithm is `thinking_model.QuietStarModelMixin`, shared by every family.
+hidden_size / num_attention_heads. The algorithm is `modeling_quietstar.QuietStarModelMixin`, shared by every family.
 """
 
 import torch
