@@ -270,16 +270,22 @@ def test_dispatch_through_attention_quietstar():
 
 
 @in_process
-def test_the_0_1_import_path_runs_the_kernel_with_its_positional_signature():
+def test_the_0_1_import_path_keeps_its_positional_signature_and_checks():
     """Checkpoints saved by quietstar 0.1 call `quietstar.kernels.thought_attention.thought_attention(q, kb, vb, kt,
-    vt, key_padding_mask, scaling)` (positional) from their remote code."""
-    assert thought_attention_0_1 is kernels.thought_attention
+    vt, key_padding_mask, scaling)` (positional) from their remote code and expect (B, H, L, d) and checked
+    arguments."""
     inputs = random_inputs(1, 4, 2, 11, 2, 16, torch.float32, seed=13)
     q, base_key, base_value, thought_keys, thought_values = inputs
     mask = padding_mask(1, 11, "right")
     out = thought_attention_0_1(q, base_key, base_value, thought_keys, thought_values, mask, 0.25)
-    expected, _ = oracle(inputs, mask, 0.25)
+    expected, exact = oracle(inputs, mask, 0.25)
+    assert out.shape == (1, 4, 11, 16)
     torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
+    grads = torch.autograd.grad(out, flat(inputs), torch.ones_like(out))
+    for grad, expected_grad in zip(grads, torch.autograd.grad(expected, exact, torch.ones_like(expected))):
+        torch.testing.assert_close(grad.double(), expected_grad, atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        thought_attention_0_1(q[:, :3], base_key, base_value, thought_keys, thought_values)
 
 
 @in_process

@@ -70,7 +70,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from . import autotune
 
-INTERPRET = triton.knobs.runtime.interpret
+INTERPRET = autotune.INTERPRET  # TRITON_INTERPRET as read when triton was first imported
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = math.log2(math.e)  # host side: scores are passed to the kernels pre-multiplied by scale * log2(e)
