@@ -25,7 +25,8 @@ causal peer measured in the same run at the same B and L:
 
     fwd roofline = t(fastest causal peer forward) + bytes_thought / BW_copy
     bwd roofline = t(fastest causal peer backward) + 2 * bytes_thought / BW_copy
-    bytes_thought = 2 * B * L * Hkv * p * d * element size (reading kt and vt); BW_copy = measured device copy
+    bytes_thought = 2 * B * L * Hkv * p * d * element size (reading the thought keys and values);
+    BW_copy = measured device copy
 
 Per training step: a step runs the passes p = 1..P one after another, so the aggregate sums forward + backward
 over p = 1..P, interpolating linearly in p between the measured p (exact when --passes lists 1..P).
@@ -107,8 +108,8 @@ def minimal_bytes(batch, heads, kv_heads, length, passes, head_dim, element, cau
     kv = 2 * batch * kv_heads * length * head_dim * element
     thought = 0 if causal_only else 2 * batch * kv_heads * passes * length * head_dim * element
     lse = 4 * batch * heads * length
-    forward = q + kv + thought + q + lse  # read q, k, v, kt, vt; write o and the LSE
-    backward = 3 * q + lse + kv + thought + q + kv + thought  # read q, o, dO, LSE, k, v, kt, vt; write the grads
+    forward = q + kv + thought + q + lse  # read q, k, v, thought K/V; write o and the LSE
+    backward = 3 * q + lse + kv + thought + q + kv + thought  # read q, o, dO, LSE, k, v, thought K/V; write the grads
     return forward, backward
 
 
@@ -145,14 +146,14 @@ def copy_bandwidth(device: torch.device, cuda: bool) -> float:
 # ------------------------------------------------------------------------------------------------ providers
 
 
-def dense_repeated(q, kb, vb, kt, vt, scaling):
+def dense_repeated(q, base_key, base_value, thought_keys, thought_values, scaling):
     """Reference approach: concatenated keys, K/V repeated to the query heads, explicit additive mask, SDPA."""
     length = q.shape[2]
-    groups = q.shape[1] // kb.shape[1]
-    keys = torch.cat([kb, *kt], dim=2).repeat_interleave(groups, 1)
-    values = torch.cat([vb, *vt], dim=2).repeat_interleave(groups, 1)
+    groups = q.shape[1] // base_key.shape[1]
+    keys = torch.cat([base_key, *thought_keys], dim=2).repeat_interleave(groups, 1)
+    values = torch.cat([base_value, *thought_values], dim=2).repeat_interleave(groups, 1)
     causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
-    same = torch.eye(length, dtype=torch.bool, device=q.device).repeat(1, len(kt))
+    same = torch.eye(length, dtype=torch.bool, device=q.device).repeat(1, len(thought_keys))
     allowed = torch.cat([causal, same], dim=1)
     bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scaling)
@@ -173,34 +174,34 @@ def flex_provider(heads, kv_heads, length, passes, device):
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
     compiled = torch.compile(flex_attention, dynamic=False)
 
-    def run(q, kb, vb, kt, vt, scaling):
-        keys, values = torch.cat([kb, *kt], dim=2), torch.cat([vb, *vt], dim=2)
+    def run(q, base_key, base_value, thought_keys, thought_values, scaling):
+        keys, values = torch.cat([base_key, *thought_keys], dim=2), torch.cat([base_value, *thought_values], dim=2)
         return compiled(q, keys, values, block_mask=block_mask, scale=scaling, enable_gqa=heads != kv_heads)
 
     return run
 
 
-def sdpa_cudnn(q, kb, vb, kt, vt, scaling):
+def sdpa_cudnn(q, base_key, base_value, thought_keys, thought_values, scaling):
     """Causal SDPA on the base keys, cuDNN first, then flash and memory-efficient (GQA natively)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
     with sdpa_kernel(order, set_priority=True):
-        return F.scaled_dot_product_attention(q, kb, vb, is_causal=True, scale=scaling,
-                                              enable_gqa=q.shape[1] != kb.shape[1])
+        return F.scaled_dot_product_attention(q, base_key, base_value, is_causal=True, scale=scaling,
+                                              enable_gqa=q.shape[1] != base_key.shape[1])
 
 
-def sdpa_default(q, kb, vb, kt, vt, scaling):
-    return F.scaled_dot_product_attention(q, kb, vb, is_causal=True, scale=scaling,
-                                          enable_gqa=q.shape[1] != kb.shape[1])
+def sdpa_default(q, base_key, base_value, thought_keys, thought_values, scaling):
+    return F.scaled_dot_product_attention(q, base_key, base_value, is_causal=True, scale=scaling,
+                                          enable_gqa=q.shape[1] != base_key.shape[1])
 
 
 def flash_provider(module: str):
     """flash-attn's causal kernel on the base keys only, in its (B, L, H, d) layout (GQA native)."""
     flash_attn_func = importlib.import_module(module).flash_attn_func
 
-    def run(q, kb, vb, kt, vt, scaling):
-        out = flash_attn_func(q, kb, vb, softmax_scale=scaling, causal=True)
+    def run(q, base_key, base_value, thought_keys, thought_values, scaling):
+        out = flash_attn_func(q, base_key, base_value, softmax_scale=scaling, causal=True)
         return out[0] if isinstance(out, tuple) else out  # FA3 returns (out, lse)
 
     return run
@@ -223,11 +224,15 @@ def unavailable_reason(provider: str, cuda: bool) -> str | None:
 
 
 def make_provider(provider, args, length, passes, device):
-    """(fn(q, kb, vb, kt, vt, scaling) -> (B, H, L, d) or (B, L, H, d), layout of q/k/v: "bhld" or "blhd")."""
-    if provider == "triton":
-        return (lambda q, kb, vb, kt, vt, s: kernels.thought_attention(q, kb, vb, kt, vt, None, s)), "bhld"
-    if provider == "torch":
-        return (lambda q, kb, vb, kt, vt, s: torch_thought_attention(q, kb, vb, kt, vt, None, s)), "bhld"
+    """(fn(q, base_key, base_value, thought_keys, thought_values, scaling) -> (B, H, L, d) or (B, L, H, d), layout
+    of q/k/v: "bhld" or "blhd")."""
+    if provider in ("triton", "torch"):
+        implementation = kernels.thought_attention if provider == "triton" else torch_thought_attention
+
+        def run(q, base_key, base_value, thought_keys, thought_values, scaling):
+            return implementation(q, base_key, base_value, thought_keys, thought_values, None, scaling)
+
+        return run, "bhld"
     if provider == "dense":
         return dense_repeated, "bhld"
     if provider == "flex":
@@ -254,18 +259,18 @@ def measure(provider, args, batch, length, passes, device, cuda) -> dict:
             shape = (batch, heads, length, args.head_dim) if layout == "bhld" else (batch, length, heads, args.head_dim)
             return torch.randn(shape, generator=generator, device=device, dtype=dtype).requires_grad_()
 
-        q, kb, vb = rand(args.heads), rand(args.kv_heads), rand(args.kv_heads)
-        kt = [rand(args.kv_heads) for _ in range(0 if causal_only else passes)]
-        vt = [rand(args.kv_heads) for _ in range(0 if causal_only else passes)]
-        leaves = [q, kb, vb, *kt, *vt]
+        q, base_key, base_value = rand(args.heads), rand(args.kv_heads), rand(args.kv_heads)
+        thought_keys = [rand(args.kv_heads) for _ in range(0 if causal_only else passes)]
+        thought_values = [rand(args.kv_heads) for _ in range(0 if causal_only else passes)]
+        leaves = [q, base_key, base_value, *thought_keys, *thought_values]
         scaling = args.head_dim**-0.5
 
         def forward():
             with torch.no_grad():
-                return fn(q, kb, vb, kt, vt, scaling)
+                return fn(q, base_key, base_value, thought_keys, thought_values, scaling)
 
         row["fwd_ms"], row["fwd_timer"] = bench_ms(forward, cuda, graph)
-        out = fn(q, kb, vb, kt, vt, scaling)
+        out = fn(q, base_key, base_value, thought_keys, thought_values, scaling)
         grad_out = torch.randn_like(out)
 
         def backward():
@@ -277,7 +282,8 @@ def measure(provider, args, batch, length, passes, device, cuda) -> dict:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             baseline = torch.cuda.memory_allocated()
-            torch.autograd.grad(fn(q, kb, vb, kt, vt, scaling), leaves, grad_out)
+            out = fn(q, base_key, base_value, thought_keys, thought_values, scaling)
+            torch.autograd.grad(out, leaves, grad_out)
             torch.cuda.synchronize()
             row["peak_mem_MiB"] = (torch.cuda.max_memory_allocated() - baseline) / 2**20
         else:

@@ -10,7 +10,7 @@ x86-64 machine). It reports registers per thread, spill stores/loads, stack fram
 
 Compile assumptions: the key padding mask is present (HAS_MASK, the larger variant), G = 4 query heads per KV head
 (Mistral 7B), pointers and strides 16-divisible (what real model shapes give). fp32 rows compile the tf32 path for
-information only: fp32 inputs on CUDA run the torch implementation, so no fp32 config is selectable.
+information only: for fp32 on CUDA the model layer runs its torch implementation, so no fp32 config is selectable.
 
 Part 2, predictions: a FLOP/byte model of the kernels' loop structure gives the expected time per call on H100
 (989 TFLOP/s dense bf16, 3.35 TB/s HBM) and H200 (989 TFLOP/s, 4.8 TB/s) for Mistral 7B's head layout
@@ -44,7 +44,7 @@ import triton
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT_DIR = ROOT / "benchmark_runs"
-KERNEL_FILE = ROOT / "quietstar" / "ops" / "thought_attention" / "triton.py"
+KERNEL_PACKAGE = ROOT / "quietstar" / "ops" / "thought_attention"
 ARCHES = (90, 80)
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GROUPS = 4
@@ -57,7 +57,7 @@ VARIANTS = (
     ("dq", "dq", {}),
 )
 FP32_POINTERS = {"LSE", "DELTA", "DQ_ACC"}
-TABLES = {"KT_PTRS", "VT_PTRS", "DKT_PTRS", "DVT_PTRS"}
+TABLES = {"THOUGHT_KEY_PTRS", "THOUGHT_VALUE_PTRS", "GRAD_THOUGHT_KEY_PTRS", "GRAD_THOUGHT_VALUE_PTRS"}
 FLOAT_SCALARS = {"qk_scale", "scaling"}
 
 
@@ -78,12 +78,16 @@ def ptxas_for(arch: int) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def load_kernels():
-    """quietstar/ops/thought_attention/triton.py loaded from its file: only torch and triton are imported, not the package."""
-    spec = importlib.util.spec_from_file_location("thought_attention_kernels", KERNEL_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """(kernels, launch-config choice): the `triton` and `autotune` modules of quietstar/ops/thought_attention,
+    loaded from their files as a package of their own, so that only torch and triton are imported, not quietstar
+    (and transformers)."""
+    spec = importlib.util.spec_from_file_location(
+        "thought_attention_kernels", KERNEL_PACKAGE / "__init__.py", submodule_search_locations=[str(KERNEL_PACKAGE)]
+    )
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = package
+    spec.loader.exec_module(package)
+    return package.triton, package.autotune
 
 
 def _jit_function(kernel):
@@ -143,7 +147,7 @@ def compile_one(job: dict) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernels = load_kernels()
+    kernels, _ = load_kernels()
     row = {k: job[k] for k in ("kernel", "arch", "head_dim", "dtype", "config", "warps", "stages", "selectable")}
     fn = _jit_function(kernels.KERNELS[job["kernel_key"]])
     constexprs = dict(job["constexprs"])
@@ -172,16 +176,16 @@ def compile_one(job: dict) -> dict:
 
 def jobs(args) -> list[dict]:
     """All (variant, config, arch, head dim, dtype) combinations asked for."""
-    kernels = load_kernels()
+    kernels, autotune = load_kernels()
     out = []
     for name, key, extra in VARIANTS:
         if args.kernels and name not in args.kernels:
             continue
-        candidates = kernels.CONFIGS[key]
+        candidates = autotune.CONFIGS[key]
         for head_dim in args.head_dims:
             constexprs_base = dict(HEAD_DIM=head_dim, **extra)
             prune_args = dict(HEAD_DIM=head_dim, GROUPS=GROUPS, **extra)
-            selectable = kernels.PRUNERS[key](candidates, {}, **prune_args)
+            selectable = autotune.PRUNERS[key](candidates, {}, **prune_args)
             for dtype in args.dtypes:
                 every = dtype in args.every_config_dtypes and not args.selectable_only
                 configs = list(candidates) if every else list(selectable)
@@ -267,7 +271,8 @@ def kernel_costs(batch, heads, kv_heads, length, passes, head_dim, element=2, de
         bytes=element * (3 * rows * head_dim + 4 * passes * kv_rows * head_dim) + 4 * rows * (2 + head_dim),
         launches=1,
     )
-    splits = load_kernels().dkv_splits(batch, kv_heads, groups, length)
+    _, autotune = load_kernels()
+    splits = autotune.dkv_splits(batch, kv_heads, groups, length)
     partial_bytes = 0 if splits == 1 else 4 * 2 * kv_rows * head_dim * splits * 2
     costs["dkv"] = dict(
         mma=2.5 * causal * (8 / 10 if deterministic else 1.0), mma_kind="bwd",
@@ -412,7 +417,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    kernels = load_kernels()
+    kernels, _ = load_kernels()
     if kernels.INTERPRET:
         sys.exit("kernel_report.py compiles for real GPUs: run it without TRITON_INTERPRET=1")
     report = dict(

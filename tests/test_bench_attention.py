@@ -85,14 +85,14 @@ def test_cost_model(bench):
     assert backward == 4 * q + lse + 2 * kv + 2 * thought
 
 
-def test_dense_baseline_matches_torch_implementation(bench):
-    from quietstar.models.thought_attention import torch_thought_attention
+def test_dense_baseline_matches_the_oracle(bench):
+    from quietstar.ops.thought_attention.naive import naive_thought_attention
 
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(1, 4, 9, 16, generator=generator)
-    kb, vb = (torch.randn(1, 2, 9, 16, generator=generator) for _ in range(2))
-    kt = [torch.randn(1, 2, 9, 16, generator=generator) for _ in range(3)]
-    vt = [torch.randn(1, 2, 9, 16, generator=generator) for _ in range(3)]
-    dense = bench.dense_repeated(q, kb, vb, kt, vt, 0.25)
-    expected = torch_thought_attention(q, kb, vb, kt, vt, None, 0.25).transpose(1, 2)
+    base_key, base_value = (torch.randn(1, 2, 9, 16, generator=generator) for _ in range(2))
+    thought_keys = [torch.randn(1, 2, 9, 16, generator=generator) for _ in range(3)]
+    thought_values = [torch.randn(1, 2, 9, 16, generator=generator) for _ in range(3)]
+    dense = bench.dense_repeated(q, base_key, base_value, thought_keys, thought_values, 0.25)
+    expected, _ = naive_thought_attention(q, base_key, base_value, thought_keys, thought_values, None, 0.25)
     torch.testing.assert_close(dense, expected, atol=1e-5, rtol=1e-5)

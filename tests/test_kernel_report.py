@@ -18,10 +18,15 @@ def report_module():
 
 @pytest.fixture(scope="module")
 def kernels(report_module):
-    module = report_module.load_kernels()
+    module, _ = report_module.load_kernels()
     if module.INTERPRET:
         pytest.skip("TRITON_INTERPRET=1: the autotune candidates and the compiler are those of the interpreter")
     return module
+
+
+@pytest.fixture(scope="module")
+def autotune(report_module, kernels):
+    return report_module.load_kernels()[1]
 
 
 def test_selectable_configs_compile_without_spills(report_module, kernels, tmp_path):
@@ -43,9 +48,9 @@ def test_selectable_configs_compile_without_spills(report_module, kernels, tmp_p
     assert "| fwd | sm_90 | 128 | bf16 |" in (tmp_path / "kernel_report.md").read_text()
 
 
-def test_pruning_keeps_measured_configs_at_d64_and_d128_and_all_below(report_module, kernels):
-    for key, prune in kernels.PRUNERS.items():
-        candidates = kernels.CONFIGS[key]
+def test_pruning_keeps_measured_configs_at_d64_and_d128_and_all_below(autotune):
+    for key, prune in autotune.PRUNERS.items():
+        candidates = autotune.CONFIGS[key]
         for fused in (True, False):
             args = dict(GROUPS=4, FUSED_DQ=fused)
             assert prune(candidates, {}, HEAD_DIM=32, **args) == candidates
@@ -53,12 +58,12 @@ def test_pruning_keeps_measured_configs_at_d64_and_d128_and_all_below(report_mod
                 kept = prune(candidates, {}, HEAD_DIM=head_dim, **args)
                 assert kept and all(c in candidates for c in kept), (key, head_dim)
             assert len(kept) < len(candidates), key
-    dkv = kernels.CONFIGS["dkv"]
-    fused = kernels.prune_dkv(dkv, {}, HEAD_DIM=128, FUSED_DQ=True)
-    assert set(map(kernels.config_key, fused)) < set(map(kernels.config_key,
-                                                         kernels.prune_dkv(dkv, {}, HEAD_DIM=128, FUSED_DQ=False)))
+    dkv = autotune.CONFIGS["dkv"]
+    fused = autotune.prune_dkv(dkv, {}, HEAD_DIM=128, FUSED_DQ=True)
+    assert set(map(autotune.config_key, fused)) < set(map(autotune.config_key,
+                                                          autotune.prune_dkv(dkv, {}, HEAD_DIM=128, FUSED_DQ=False)))
     # a wider GQA group shrinks the thought-backward rows: the (G, R, d) dQ accumulator stays bounded
-    wide = kernels.prune_thought_bwd(kernels.CONFIGS["thought_bwd"], {}, HEAD_DIM=128, GROUPS=16)
+    wide = autotune.prune_thought_bwd(autotune.CONFIGS["thought_bwd"], {}, HEAD_DIM=128, GROUPS=16)
     assert wide and all(c.kwargs["BLOCK_R"] * 16 * 128 // (32 * c.num_warps) <= 64 for c in wide)
 
 
@@ -66,7 +71,7 @@ def test_signature_follows_the_argument_naming(report_module, kernels):
     fn = report_module._jit_function(kernels.KERNELS["thought_bwd"])
     constexprs = dict(GROUPS=4, HEAD_DIM=128, BLOCK_G=4, BLOCK_R=8)
     signature, attrs = report_module.signature(fn, "bf16", constexprs)
-    assert signature["Q"] == "*bf16" and signature["DQ_ACC"] == "*fp32" and signature["KT_PTRS"] == "*i64"
+    assert signature["Q"] == "*bf16" and signature["DQ_ACC"] == "*fp32" and signature["THOUGHT_KEY_PTRS"] == "*i64"
     assert signature["scaling"] == "fp32" and signature["seq_len"] == "i32" and signature["GROUPS"] == "constexpr"
     assert (fn.arg_names.index("stride_ql"),) in attrs and (fn.arg_names.index("seq_len"),) not in attrs
 

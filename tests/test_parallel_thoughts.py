@@ -5,6 +5,8 @@ import torch
 from tiny import END_ID, FAMILY_NAMES, START_ID, TINY_VOCAB, plain_model, tiny_config, tiny_model
 
 import quietstar
+from quietstar.models.thought_attention import THOUGHT_ATTENTION_FUNCTIONS
+from quietstar.ops.thought_attention.naive import naive_thought_attention
 
 
 def sequential_hidden(model, token_ids: list[int]) -> torch.Tensor:
@@ -106,18 +108,26 @@ def test_thinking_false_config_is_the_plain_model(family):
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_dense_and_torch_attention_give_the_same_model_outputs_and_gradients(family):
+def test_torch_attention_and_the_attention_oracle_give_the_same_model_outputs_and_gradients(family, monkeypatch):
+    def oracle(query, base_key, base_value, thought_keys, thought_values, key_padding_mask, scaling):
+        out, _ = naive_thought_attention(query, base_key, base_value, thought_keys, thought_values, key_padding_mask,
+                                         scaling)
+        return out.transpose(1, 2)
+
     outputs = {}
-    for impl in ("dense", "torch"):
-        # fp64: with distinct thoughts the policy term (weight 1e6) is live and would amplify fp32 rounding.
-        model = tiny_model(family=family, attention_impl=impl).double().train()
-        input_ids, attention_mask, thought_ids = padded_batch(8, model.config.n_thought_tokens, seed=3, copies=2)
-        output = model(input_ids, attention_mask=attention_mask, thought_ids=thought_ids)
-        output.loss.backward()
+    for impl in ("oracle", "torch"):
+        with monkeypatch.context() as patch:
+            if impl == "oracle":
+                patch.setitem(THOUGHT_ATTENTION_FUNCTIONS, "torch", oracle)
+            # fp64: with distinct thoughts the policy term (weight 1e6) is live and would amplify fp32 rounding.
+            model = tiny_model(family=family, attention_impl="torch").double().train()
+            input_ids, attention_mask, thought_ids = padded_batch(8, model.config.n_thought_tokens, seed=3, copies=2)
+            output = model(input_ids, attention_mask=attention_mask, thought_ids=thought_ids)
+            output.loss.backward()
         outputs[impl] = (output.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
     assert outputs["torch"][0] > 100  # the policy term is part of the comparison
-    torch.testing.assert_close(outputs["dense"][0], outputs["torch"][0], rtol=1e-10, atol=1e-10)
-    for name, grad in outputs["dense"][1].items():
+    torch.testing.assert_close(outputs["oracle"][0], outputs["torch"][0], rtol=1e-10, atol=1e-10)
+    for name, grad in outputs["oracle"][1].items():
         torch.testing.assert_close(grad, outputs["torch"][1][name], rtol=1e-8, atol=1e-8, msg=name)
 
 

@@ -1,10 +1,15 @@
-"""The `torch` thought attention against the `dense` oracle (explicit mask over concatenated keys)."""
+"""The model layer's thought attention (the `torch` implementation and the dispatcher's checks) against the oracle,
+`quietstar.ops.thought_attention.naive`: forward, and backward through autograd on the oracle."""
 
 import pytest
 import torch
 
 from quietstar.models import thought_attention as attention_quietstar
-from quietstar.models.thought_attention import resolve_attention_impl, thought_attention
+from quietstar.models.thought_attention import ATTENTION_IMPLEMENTATIONS, resolve_attention_impl, thought_attention
+from quietstar.ops.thought_attention.naive import naive_thought_attention
+
+# (atol, rtol) of an implementation against the oracle on the same inputs, by input dtype
+TOLERANCES = {torch.float64: (1e-10, 1e-8), torch.float32: (1e-5, 1e-5), torch.bfloat16: (1.6e-2, 0.0)}
 
 
 def random_inputs(batch, heads, kv_heads, length, passes, head_dim, seed, dtype=torch.float64):
@@ -43,46 +48,87 @@ def explicit_loop(query, base_key, base_value, thought_keys, thought_values, key
     return out.transpose(1, 2)
 
 
+def oracle(inputs, key_padding_mask, scaling):
+    """The naive oracle in the model layer's output layout (B, L, H, d)."""
+    return naive_thought_attention(*inputs, key_padding_mask, scaling)[0].transpose(1, 2)
+
+
+def assert_matches_oracle(inputs, key_padding_mask, scaling, impl="torch"):
+    """Output and the gradient of every input of `impl` against autograd on the oracle, same inputs and dO."""
+    out = thought_attention(*inputs, key_padding_mask, scaling, impl)
+    expected = oracle(inputs, key_padding_mask, scaling)
+    grad_out = torch.cos(torch.arange(out.numel(), dtype=torch.float64)).reshape(out.shape).to(out.dtype)
+    grads = torch.autograd.grad(out, leaves(inputs), grad_out)
+    expected_grads = torch.autograd.grad(expected, leaves(inputs), grad_out)
+    atol, rtol = TOLERANCES[out.dtype]
+    assert out.dtype == inputs[0].dtype and out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=atol, rtol=rtol)
+    for index, (grad, expected_grad) in enumerate(zip(grads, expected_grads)):
+        torch.testing.assert_close(grad, expected_grad, atol=atol, rtol=rtol, msg=lambda m, i=index: f"input {i}: {m}")
+
+
+def two_sided_padding(length):
+    mask = torch.ones(2, length, dtype=torch.bool)
+    mask[1, -2:] = False  # right padding
+    mask[0, :1] = False  # left padding
+    return mask
+
+
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "length", "passes", "padded"),
     [(4, 2, 7, 1, False), (4, 4, 5, 3, True), (6, 2, 9, 4, True)],
 )
-def test_torch_matches_dense_forward_and_gradients(heads, kv_heads, length, passes, padded):
+def test_torch_matches_the_oracle_forward_and_gradients(heads, kv_heads, length, passes, padded):
     inputs = random_inputs(2, heads, kv_heads, length, passes, 8, seed=length)
-    mask = None
-    if padded:
-        mask = torch.ones(2, length, dtype=torch.bool)
-        mask[1, -2:] = False  # right padding
-        mask[0, :1] = False  # left padding
-    results = {}
-    for impl in ("dense", "torch"):
-        out = thought_attention(*inputs, mask, 0.3, impl)
-        grad_out = torch.ones_like(out).mul_(torch.arange(out.shape[-1], dtype=out.dtype))
-        grads = torch.autograd.grad(out, leaves(inputs), grad_out)
-        results[impl] = (out, grads)
-    torch.testing.assert_close(results["torch"][0], results["dense"][0])
-    for grad_torch, grad_dense in zip(results["torch"][1], results["dense"][1]):
-        torch.testing.assert_close(grad_torch, grad_dense)
+    assert_matches_oracle(inputs, two_sided_padding(length) if padded else None, 0.3)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_oracle_is_the_row_by_row_definition(padded):
+    inputs = random_inputs(2, 6, 2, 9, 3, 8, seed=4)
+    mask = two_sided_padding(9) if padded else None
     with torch.no_grad():
-        torch.testing.assert_close(results["torch"][0], explicit_loop(*inputs, mask, 0.3))
+        out, lse = naive_thought_attention(*inputs, mask, 0.3)
+        torch.testing.assert_close(out.transpose(1, 2), explicit_loop(*inputs, mask, 0.3))
+        assert lse.shape == (2, 6, 9) and torch.isfinite(lse).all()  # every row sees at least its thought keys
 
 
 def test_fp32_default_scaling_and_shape():
     inputs = random_inputs(1, 4, 2, 6, 2, 16, seed=0, dtype=torch.float32)
     out = thought_attention(*inputs, None)
     assert out.shape == (1, 6, 4, 16)
-    torch.testing.assert_close(out, thought_attention(*inputs, None, 16**-0.5, "dense"), rtol=1e-5, atol=1e-5)
+    assert_matches_oracle(inputs, None, 16**-0.5)
+    torch.testing.assert_close(out, thought_attention(*inputs, None, 16**-0.5), atol=0, rtol=0)
 
 
 def test_bad_arguments_are_named():
     inputs = random_inputs(1, 3, 2, 4, 1, 8, seed=0)
     with pytest.raises(ValueError, match="multiple of key/value heads"):
         thought_attention(*inputs, None)
-    with pytest.raises(ValueError, match="unknown thought attention implementation 'flash'"):
-        thought_attention(*random_inputs(1, 4, 2, 4, 1, 8, seed=0), None, impl="flash")
-    query, base_key, base_value, thought_keys, thought_values = random_inputs(1, 4, 2, 4, 2, 8, seed=0)
+    good = random_inputs(1, 4, 2, 4, 2, 8, seed=0)
+    query, base_key, base_value, thought_keys, thought_values = good
+    for impl in ("flash", "dense"):
+        with pytest.raises(ValueError, match=f"unknown thought attention implementation '{impl}'"):
+            thought_attention(*good, None, impl=impl)
     with pytest.raises(ValueError, match="same number"):
         thought_attention(query, base_key, base_value, thought_keys, thought_values[:1], None)
+    with pytest.raises(ValueError, match="same number"):
+        thought_attention(query, base_key, base_value, [], [], None)
+    with pytest.raises(ValueError, match="sequences"):
+        thought_attention(query, base_key, base_value, torch.stack(thought_keys), thought_values, None)
+    with pytest.raises(ValueError, match=r"thought_values\[1\] must be \(B, Hkv, L, d\)"):
+        thought_attention(query, base_key, base_value, thought_keys, [thought_values[0], base_value[:, :, :3]], None)
+    with pytest.raises(ValueError, match="base_value must be"):
+        thought_attention(query, base_key, base_value[..., :4], thought_keys, thought_values, None)
+    with pytest.raises(ValueError, match="one floating dtype"):
+        thought_attention(query.float(), base_key, base_value, thought_keys, thought_values, None)
+    with pytest.raises(ValueError, match="key_padding_mask must be a bool"):
+        thought_attention(*good, torch.ones(1, 4))
+    with pytest.raises(ValueError, match="key_padding_mask must be a bool"):
+        thought_attention(*good, torch.ones(1, 5, dtype=torch.bool))
+    for impl in ("torch", "triton"):  # checked before any implementation runs
+        with pytest.raises(ValueError, match="multiple of key/value heads"):
+            thought_attention(*inputs, None, impl=impl)
 
 
 def test_torch_keeps_each_pass_once_and_no_length_squared_tensor_for_backward():
@@ -110,35 +156,34 @@ def test_torch_keeps_each_pass_once_and_no_length_squared_tensor_for_backward():
     assert saved_bytes(1, 4 * length) == 4 * saved_bytes(1, length)  # linear in L
 
 
-def test_plain_torch_base_path_matches_dense(monkeypatch):
+def test_plain_torch_base_path_matches_the_oracle(monkeypatch):
     """Off CPU the base part runs in plain torch with the fused kernel's contract; run that path here against the
-    dense oracle, forward and backward, with GQA and left/right padding."""
+    oracle, forward and backward, with GQA and left/right padding."""
     monkeypatch.setattr(attention_quietstar, "_fused_base_forward", attention_quietstar._math_base_forward)
     monkeypatch.setattr(attention_quietstar, "_fused_base_backward", attention_quietstar._math_base_backward)
     inputs = random_inputs(2, 6, 2, 9, 3, 8, seed=1)
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[0, :2], mask[1, -3:] = False, False
     for key_padding_mask in (None, mask):
-        outs = {impl: thought_attention(*inputs, key_padding_mask, 0.3, impl) for impl in ("dense", "torch")}
-        torch.testing.assert_close(outs["torch"], outs["dense"])
-        grads = {impl: torch.autograd.grad(out, leaves(inputs), torch.cos(out)) for impl, out in outs.items()}
-        for grad_torch, grad_dense in zip(grads["torch"], grads["dense"]):
-            torch.testing.assert_close(grad_torch, grad_dense)
+        assert_matches_oracle(inputs, key_padding_mask, 0.3)
 
 
 def test_bfloat16_inputs_merge_in_float32():
-    """bf16 q/K/V: the output is within bf16 rounding of the float64 oracle on the same (rounded) inputs."""
+    """bf16 q/K/V: the output and gradients are within bf16 rounding of the oracle, which computes in fp32 on the
+    same (rounded) inputs."""
     inputs = random_inputs(1, 6, 2, 40, 4, 16, seed=2, dtype=torch.bfloat16)
     mask = torch.ones(1, 40, dtype=torch.bool)
     mask[0, :3] = False
     out = thought_attention(*inputs, mask, 0.25, "torch")
     assert out.dtype == torch.bfloat16
     as_double = [t.detach().double() for t in inputs[:3]], [[t.detach().double() for t in ts] for ts in inputs[3:]]
-    oracle = thought_attention(*as_double[0], *as_double[1], mask, 0.25, "dense")
-    torch.testing.assert_close(out.double(), oracle, rtol=0, atol=1.6e-2)
+    exact = oracle((*as_double[0], *as_double[1]), mask, 0.25)
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=1.6e-2)
+    assert_matches_oracle(inputs, mask, 0.25)
 
 
 def test_auto_resolves_by_device():
+    assert ATTENTION_IMPLEMENTATIONS == ("auto", "torch", "triton")
     assert resolve_attention_impl("auto", torch.device("cpu")) == "torch"
     assert resolve_attention_impl("auto", torch.device("cuda")) == "triton"
-    assert resolve_attention_impl("dense", torch.device("cuda")) == "dense"
+    assert resolve_attention_impl("torch", torch.device("cuda")) == "torch"

@@ -22,7 +22,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
@@ -37,7 +36,7 @@ class ThoughtKVStore:
 
     Args:
         key_padding_mask: (B, L) bool, True for real tokens, or None for no padding.
-        attention_impl: "dense", "torch" or "triton" (already resolved from "auto").
+        attention_impl: "torch" or "triton" (already resolved from "auto").
     """
 
     def __init__(self, key_padding_mask: torch.Tensor | None, attention_impl: str):
@@ -57,35 +56,6 @@ class ThoughtKVStore:
         return [key for key, _ in entries], [value for _, value in entries]
 
 
-def _causal_key_mask(key_padding_mask: torch.Tensor | None, length: int, device: torch.device) -> torch.Tensor:
-    """(B or 1, 1, L, L) bool: query i may see base key j."""
-    allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
-    if key_padding_mask is not None:
-        allowed = allowed & key_padding_mask[:, None, None, :]
-    return allowed
-
-
-def dense_thought_attention(query, base_key, base_value, thought_keys, thought_values, key_padding_mask, scaling):
-    """The oracle: SDPA over the concatenated keys [base, pass 1, ..., pass p] with an explicit L x L(p+1) mask.
-
-    This is what the reference implementation computes; its cost grows as L^2 (p+1), so it is for tests only.
-    """
-    batch, kv_heads, length, _ = base_key.shape
-    n_passes = len(thought_keys)
-    groups = query.shape[1] // kv_heads
-    keys = torch.cat([base_key, *thought_keys], dim=2)
-    values = torch.cat([base_value, *thought_values], dim=2)
-    same_position = torch.eye(length, dtype=torch.bool, device=query.device).repeat(1, n_passes)
-    causal = _causal_key_mask(key_padding_mask, length, query.device).expand(batch, 1, -1, -1)
-    allowed = torch.cat([causal, same_position.expand(batch, 1, -1, -1)], dim=-1)
-    additive = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
-    additive = additive.masked_fill(~allowed, torch.finfo(query.dtype).min)
-    out = F.scaled_dot_product_attention(
-        query, keys, values, attn_mask=additive, scale=scaling, enable_gqa=groups > 1
-    )
-    return out.transpose(1, 2)
-
-
 def _compute_dtype(query: torch.Tensor) -> torch.dtype:
     """Softmax and merge dtype: float32 for half-precision inputs, else the inputs' own."""
     return torch.promote_types(query.dtype, torch.float32)
@@ -96,7 +66,8 @@ def _base_attention_mask(key_padding_mask: torch.Tensor | None, length: int, dty
     causal mask alone is right (no padding)."""
     if key_padding_mask is None:
         return None
-    allowed = _causal_key_mask(key_padding_mask, length, key_padding_mask.device)
+    causal = torch.ones(length, length, dtype=torch.bool, device=key_padding_mask.device).tril()
+    allowed = causal[None, None] & key_padding_mask[:, None, None, :]
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
@@ -257,11 +228,16 @@ def torch_thought_attention(query, base_key, base_value, thought_keys, thought_v
 
 
 def triton_thought_attention(query, base_key, base_value, thought_keys, thought_values, key_padding_mask, scaling):
-    """The fused Triton kernel of `quietstar.ops.thought_attention`.
+    """The fused Triton kernel of `quietstar.ops.thought_attention`; fp32 inputs on CUDA run
+    `torch_thought_attention` instead, since the kernel's tf32 path spills registers and is slow.
 
     Imported by name at call time: the kernels are a subpackage of the installed `quietstar` package and are not
     copied next to a checkpoint's remote code, so this implementation needs `pip install quietstar`.
     """
+    if query.dtype == torch.float32 and query.is_cuda:
+        return torch_thought_attention(
+            query, base_key, base_value, thought_keys, thought_values, key_padding_mask, scaling
+        )
     try:
         kernel = importlib.import_module("quietstar.ops.thought_attention.triton")
     except ImportError as error:
@@ -274,11 +250,55 @@ def triton_thought_attention(query, base_key, base_value, thought_keys, thought_
     ).transpose(1, 2)
 
 
-THOUGHT_ATTENTION_FUNCTIONS = {
-    "dense": dense_thought_attention,
-    "torch": torch_thought_attention,
-    "triton": triton_thought_attention,
-}
+THOUGHT_ATTENTION_FUNCTIONS = {"torch": torch_thought_attention, "triton": triton_thought_attention}
+# The values of the config's `attention_impl`: "auto" picks one of the implementations by device.
+ATTENTION_IMPLEMENTATIONS = ("auto", *THOUGHT_ATTENTION_FUNCTIONS)
+
+
+def check_thought_attention_inputs(query, base_key, base_value, thought_keys, thought_values, key_padding_mask):
+    """Raise a ValueError naming the first argument that does not fit the shapes of the module docstring.
+
+    The one place the arguments are checked: `thought_attention` calls it before any implementation runs.
+    """
+    if isinstance(thought_keys, torch.Tensor) or isinstance(thought_values, torch.Tensor):
+        raise ValueError("thought_keys and thought_values must be sequences (list/tuple) of p tensors (B, Hkv, L, d)")
+    if len(thought_keys) != len(thought_values) or not thought_keys:
+        raise ValueError(
+            f"thought attention needs the same number (>= 1) of thought key and value tensors, got "
+            f"{len(thought_keys)} and {len(thought_values)}"
+        )
+    if query.dim() != 4 or base_key.dim() != 4:
+        raise ValueError(
+            f"thought attention expects query (B, H, L, d) and base_key (B, Hkv, L, d); got {tuple(query.shape)} and "
+            f"{tuple(base_key.shape)}"
+        )
+    batch, heads, length, head_dim = query.shape
+    kv_heads = base_key.shape[1]
+    if heads % kv_heads:
+        raise ValueError(f"query heads ({heads}) must be a multiple of key/value heads ({kv_heads})")
+    expected = (batch, kv_heads, length, head_dim)
+    named = {"base_key": base_key, "base_value": base_value}
+    named |= {f"thought_keys[{i}]": t for i, t in enumerate(thought_keys)}
+    named |= {f"thought_values[{i}]": t for i, t in enumerate(thought_values)}
+    for name, tensor in named.items():
+        if tuple(tensor.shape) != expected:
+            raise ValueError(f"{name} must be (B, Hkv, L, d) = {expected}; got {tuple(tensor.shape)}")
+    tensors = [query, *named.values()]
+    if not query.is_floating_point() or any(t.dtype != query.dtype for t in tensors):
+        raise ValueError(
+            f"thought attention needs one floating dtype for query, keys and values; got "
+            f"{sorted({str(t.dtype) for t in tensors})}"
+        )
+    if key_padding_mask is not None and (
+        key_padding_mask.shape != (batch, length) or key_padding_mask.dtype != torch.bool
+    ):
+        raise ValueError(
+            f"key_padding_mask must be a bool tensor of shape (B, L) = {(batch, length)}; got "
+            f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+        )
+    devices = {t.device for t in tensors} | ({key_padding_mask.device} if key_padding_mask is not None else set())
+    if len(devices) != 1:
+        raise ValueError(f"thought attention needs all inputs on one device; got {sorted(map(str, devices))}")
 
 
 def thought_attention(
@@ -291,18 +311,13 @@ def thought_attention(
     scaling: float | None = None,
     impl: str = "torch",
 ) -> torch.Tensor:
-    """Attention of thought pass p (see the module docstring for shapes); returns (B, L, H, d)."""
+    """Attention of thought pass p (see the module docstring for shapes) by the implementation `impl`, "torch" or
+    "triton", after checking the arguments; returns (B, L, H, d)."""
     if impl not in THOUGHT_ATTENTION_FUNCTIONS:
-        raise ValueError(f"unknown thought attention implementation {impl!r}; use one of {list(THOUGHT_ATTENTION_FUNCTIONS)}")
-    if query.shape[1] % base_key.shape[1]:
         raise ValueError(
-            f"query heads ({query.shape[1]}) must be a multiple of key/value heads ({base_key.shape[1]})"
+            f"unknown thought attention implementation {impl!r}; use one of {list(THOUGHT_ATTENTION_FUNCTIONS)}"
         )
-    if len(thought_keys) != len(thought_values) or not thought_keys:
-        raise ValueError(
-            f"thought attention needs the same number (>= 1) of thought key and value tensors, got "
-            f"{len(thought_keys)} and {len(thought_values)}"
-        )
+    check_thought_attention_inputs(query, base_key, base_value, thought_keys, thought_values, key_padding_mask)
     if scaling is None:
         scaling = 1.0 / math.sqrt(query.shape[-1])
     return THOUGHT_ATTENTION_FUNCTIONS[impl](

@@ -1,9 +1,9 @@
 """Fused Triton kernels of the thought-pass attention, forward and backward.
 
 Query row i of pass p attends to the base keys j <= i that are not padding and to the thought keys of passes
-1..p at the same position i, with one softmax (`thought_attention_reference.py` spells it out in PyTorch).
+1..p at the same position i, with one softmax (`naive.py` spells it out densely in PyTorch: the oracle).
 
-Interface. The thought keys/values arrive as Python sequences of p tensors (pass 1 first, pass p last), each
+Interface. The thought keys and values arrive as Python sequences of p tensors (pass 1 first, pass p last), each
 (B, Hkv, L, d), exactly as the passes produced them: no stacked (B, Hkv, p, L, d) copy is ever made. The kernels
 read them through a pointer table, an int64 tensor holding one `data_ptr()` per pass that the kernel loads and
 casts to a typed pointer; all passes must share one shape and one set of strides (checked on the host). The
@@ -14,23 +14,24 @@ p passes, e the element size. "mma" counts tensor-core matrix products of one (q
 
 Forward, `_fwd_kernel`, one program per (query head, block of BLOCK_M rows, batch), heads fastest so that the G
 programs sharing a KV head read its thought rows from L2:
-    1. thought loop first: for s = 1..p, load kt_s and vt_s rows (software-pipelined by `tl.range(num_stages=2)`),
-       s_is = q_i . kt_s[i] (row-wise, CUDA cores), online-softmax update of (m, l, acc). Running it before the
+    1. thought loop first: for s = 1..p, load the rows k_s, v_s of pass s (software-pipelined by
+       `tl.range(num_stages=2)`),
+       s_is = q_i . k_s[i] (row-wise, CUDA cores), online-softmax update of (m, l, acc). Running it before the
        base loop keeps no fp32 copy of q alive across the base loop, and m starts finite, so rows whose base
        keys are all padding need no guard.
     2. causal base loop: off-diagonal key blocks unmasked, then the diagonal block masked; 2 mma per tile
        (S = Q K^T, acc += P V): 4 R_m R_n d FLOPs for 2 R_n d e bytes (the K and V tiles), 2 R_m / e FLOP/B
        (64 at R_m = 64, bf16) of L2 traffic; from HBM K/V are read once per KV head.
     3. out = acc / l and one natural-log LSE per row.
-    Per (row, head) the thought loop costs 4 p d FLOPs for 4 p d e / G bytes of HBM (kt, vt shared by the group):
+    Per (row, head) the thought loop costs 4 p d FLOPs for 4 p d e / G bytes of HBM (k_s, v_s shared by the group):
     memory-bound by far.
 Backward, with Delta_i = rowsum(dO_i * O_i) and P = exp(S - LSE) from the combined LSE, three launches:
     `_bwd_thought_kernel`, one program per (row block of BLOCK_R rows, KV head, batch), fused: it loads q, dO and
         O of all G query heads of the group once as (G, R, d) tiles, writes Delta, then loops over the passes:
-        load kt_s, vt_s rows; p_gs = exp(t_gs - lse_g), ds_gs = p_gs (dO_g . vt_s - Delta_g);
-        dkt_s = scale sum_g ds_gs q_g, dvt_s = sum_g p_gs dO_g, written straight to pass s's gradient tensors;
-        dq_g += ds_gs kt_s, kept in registers and stored once (fp32) as the thought part of dQ.
-        Per pass and row: 10 G d FLOPs (CUDA cores) for 8 d e bytes of HBM (read kt, vt; write dkt, dvt):
+        load the rows k_s, v_s of pass s; p_gs = exp(t_gs - lse_g), ds_gs = p_gs (dO_g . v_s - Delta_g);
+        dk_s = scale sum_g ds_gs q_g, dv_s = sum_g p_gs dO_g, written straight to pass s's gradient tensors;
+        dq_g += ds_gs k_s, kept in registers and stored once (fp32) as the thought part of dQ.
+        Per pass and row: 10 G d FLOPs (CUDA cores) for 8 d e bytes of HBM (read k_s, v_s; write dk_s, dv_s):
         5 FLOP/B at G = 4, e = 2, far below the CUDA-core ridge (67 TFLOP/s / 3.35 TB/s = 20 FLOP/B).
         Thought keys need no atomics: each belongs to one row; GQA is reduced inside the program.
     `_bwd_dkv_kernel`, one program per (KV head x head split, key block of BLOCK_N, batch): the causal
@@ -45,18 +46,17 @@ Backward, with Delta_i = rowsum(dO_i * O_i) and P = exp(S - LSE) from the combin
     `_bwd_dq_kernel`, deterministic mode only: dQ over the causal base blocks, starting from the thought part;
         3 mma per tile (S, dP, dQ += dS K), so a tile costs 7 mma over the two kernels (14 R_m R_n d FLOPs).
     Splitting the dK/dV grid over query heads keeps every tile's work; it adds 8 B d (Hkv L) fp32 bytes per
-    split for the partial sums, and gives B = 1, L = 2048 on Mistral 7B (8 KV heads, G = 4) twice the programs.
-All matrix products accumulate in fp32. bf16/fp16 inputs use tensor cores. fp32 inputs on CUDA run the `torch`
-implementation of `quietstar.models.thought_attention` instead: the IEEE fp32 dot path spills kilobytes at d = 128, and
-the tf32 path still spills in the configs that are spill-free for bf16 (see the compile report). Under
+    split for the partial sums (`autotune.dkv_splits`), and gives B = 1, L = 2048 on Mistral 7B (8 KV heads,
+    G = 4) twice the programs.
+All matrix products accumulate in fp32. bf16/fp16 inputs use tensor cores. fp32 inputs on CUDA use tf32 products
+and are slow: the tf32 path spills registers in the configs that are spill-free for bf16 (see the compile report),
+so the model layer's dispatcher runs its `torch` implementation for fp32 on CUDA instead. Under
 TRITON_INTERPRET=1 (CPU) the kernels run for every dtype; the operands of tl.dot are upcast to fp32 because the
 interpreter multiplies raw bf16 bit patterns, and fp32 products are exact.
 
 Offsets: batch (and split) offsets are int64; offsets inside one batch element are int32, and the host checks that
-one batch element of every tensor spans fewer than 2^31 elements. Autotuning (CUDA only; the interpreter uses one
-pinned config) is keyed by the next power of two of L and of p, cached on disk (`cache_results=True`), and the
-candidate configs are pruned by head dim to those that compile without register spills on sm_80 and sm_90
-(`benchmarks/kernel_report.py` checks this ahead of time, without a GPU).
+one batch element of every tensor spans fewer than 2^31 elements. Launch configs are
+autotuned on CUDA from the tables of `autotune.py`.
 """
 
 import contextlib
@@ -68,128 +68,15 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-INTERPRET = triton.knobs.runtime.interpret
+from . import autotune
+
+INTERPRET = autotune.INTERPRET  # TRITON_INTERPRET as read when triton was first imported
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = math.log2(math.e)  # host side: scores are passed to the kernels pre-multiplied by scale * log2(e)
 _LOG2E = tl.constexpr(1.4426950408889634)  # kernel side: natural-log LSE <-> base-2 exponent domain
 _LN2 = tl.constexpr(0.6931471805599453)
 INT32_LIMIT = 2**31
-# Aim for at least this many dK/dV programs (about 2 per SM of an H100) before splitting the query heads.
-DKV_TARGET_PROGRAMS = 264
-
-
-def _config(c: dict) -> triton.Config:
-    return triton.Config({k: v for k, v in c.items() if k.isupper()}, num_warps=c["warps"], num_stages=c["stages"])
-
-
-def config_key(config: triton.Config) -> tuple:
-    """Hashable identity of a config: (sorted kwargs, warps, stages)."""
-    return tuple(sorted(config.kwargs.items())), config.num_warps, config.num_stages
-
-
-def _configs(cuda: list[dict], interpret: dict) -> tuple[list[triton.Config], dict]:
-    """(autotuning candidates, {(variant, head dim): keys of the configs spill-free there}) on CUDA, for head dims
-    64 and 128 and variant "all" or "deterministic"; the single pinned config under the interpreter."""
-    if INTERPRET:
-        return [_config(interpret)], {}
-    spill_free = {}
-    for head_dim in (64, 128):
-        marked = [(c.get(f"d{head_dim}"), config_key(_config(c))) for c in cuda]
-        spill_free[("all", head_dim)] = frozenset(key for mark, key in marked if mark is True)
-        spill_free[("deterministic", head_dim)] = frozenset(key for mark, key in marked if mark)
-    return [_config(c) for c in cuda], spill_free
-
-
-# Candidate lists. At d = 64 and d = 128 the prune functions keep the configs marked `d64` / `d128`: those that
-# compile without register spills on both sm_80 and sm_90 for bf16 and fp16 (measured by
-# benchmarks/kernel_report.py; "deterministic": only the dK/dV variant without the fused atomic dQ). Smaller head
-# dims keep every candidate.
-FWD_CONFIGS, _FWD_SPILL_FREE = _configs(
-    [
-        dict(BLOCK_M=128, BLOCK_N=64, THOUGHT_STAGES=2, warps=8, stages=3, d64=True),
-        dict(BLOCK_M=128, BLOCK_N=32, THOUGHT_STAGES=2, warps=8, stages=3, d64=True),
-        dict(BLOCK_M=128, BLOCK_N=64, THOUGHT_STAGES=2, warps=4, stages=3),
-        dict(BLOCK_M=64, BLOCK_N=64, THOUGHT_STAGES=2, warps=4, stages=3, d64=True),
-        dict(BLOCK_M=64, BLOCK_N=32, THOUGHT_STAGES=1, warps=4, stages=3, d64=True),
-        dict(BLOCK_M=64, BLOCK_N=64, THOUGHT_STAGES=2, warps=8, stages=3, d64=True, d128=True),
-        dict(BLOCK_M=64, BLOCK_N=32, THOUGHT_STAGES=2, warps=8, stages=4, d64=True, d128=True),
-    ],
-    dict(BLOCK_M=32, BLOCK_N=16, THOUGHT_STAGES=1, warps=4, stages=1),
-)
-DQ_CONFIGS, _DQ_SPILL_FREE = _configs(
-    [
-        dict(BLOCK_M=128, BLOCK_N=64, warps=8, stages=2),
-        dict(BLOCK_M=128, BLOCK_N=32, warps=8, stages=3, d64=True),
-        dict(BLOCK_M=64, BLOCK_N=64, warps=4, stages=3),
-        dict(BLOCK_M=64, BLOCK_N=32, warps=4, stages=3, d64=True, d128=True),
-        dict(BLOCK_M=64, BLOCK_N=64, warps=8, stages=2, d64=True),
-    ],
-    dict(BLOCK_M=32, BLOCK_N=16, warps=4, stages=1),
-)
-DKV_CONFIGS, _DKV_SPILL_FREE = _configs(
-    [
-        dict(BLOCK_M=32, BLOCK_N=128, warps=8, stages=2, d64=True),
-        dict(BLOCK_M=16, BLOCK_N=128, warps=8, stages=2, d64=True, d128="deterministic"),
-        dict(BLOCK_M=64, BLOCK_N=128, warps=8, stages=2),
-        dict(BLOCK_M=32, BLOCK_N=64, warps=8, stages=2, d64=True, d128=True),
-        dict(BLOCK_M=32, BLOCK_N=64, warps=4, stages=3),
-        dict(BLOCK_M=16, BLOCK_N=64, warps=4, stages=2, d64=True, d128="deterministic"),
-        dict(BLOCK_M=64, BLOCK_N=64, warps=4, stages=3),
-    ],
-    dict(BLOCK_M=16, BLOCK_N=32, warps=4, stages=1),
-)
-THOUGHT_BWD_CONFIGS, _THOUGHT_BWD_SPILL_FREE = _configs(
-    [
-        dict(BLOCK_R=8, warps=4, stages=2, d64=True, d128=True),
-        dict(BLOCK_R=16, warps=4, stages=2, d64=True),
-        dict(BLOCK_R=16, warps=8, stages=2, d64=True, d128=True),
-        dict(BLOCK_R=32, warps=8, stages=2, d64=True),
-    ],
-    dict(BLOCK_R=16, warps=4, stages=1),
-)
-
-
-def _prune(configs, spill_free, head_dim, variant="all"):
-    """The configs spill-free at this head dim (all below 64); the interpreter's single config as is."""
-    if INTERPRET or head_dim < 64:
-        return list(configs)
-    return [c for c in configs if config_key(c) in spill_free[(variant, head_dim)]]
-
-
-def _head_dim(named_args, kwargs) -> int:
-    return kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-
-
-def prune_fwd(configs, named_args, **kwargs):
-    return _prune(configs, _FWD_SPILL_FREE, _head_dim(named_args, kwargs))
-
-
-def prune_dq(configs, named_args, **kwargs):
-    return _prune(configs, _DQ_SPILL_FREE, _head_dim(named_args, kwargs))
-
-
-def prune_dkv(configs, named_args, **kwargs):
-    fused = kwargs.get("FUSED_DQ", named_args.get("FUSED_DQ"))
-    return _prune(configs, _DKV_SPILL_FREE, _head_dim(named_args, kwargs), "all" if fused else "deterministic")
-
-
-def prune_thought_bwd(configs, named_args, **kwargs):
-    """Also bounds the (G, BLOCK_R, d) fp32 dQ accumulator, which grows with G, to 64 values per thread."""
-    groups = triton.next_power_of_2(kwargs.get("GROUPS", named_args.get("GROUPS")))
-    return [
-        c for c in _prune(configs, _THOUGHT_BWD_SPILL_FREE, _head_dim(named_args, kwargs))
-        if INTERPRET or c.kwargs["BLOCK_R"] * groups * _head_dim(named_args, kwargs) // (32 * c.num_warps) <= 64
-    ] or [_config(dict(BLOCK_R=max(1, _floor_power_of_2(64 * 256 // (groups * _head_dim(named_args, kwargs)))),
-                       warps=8, stages=2))]
-
-
-def _floor_power_of_2(n: int) -> int:
-    return 1 << (max(n, 1).bit_length() - 1)
-
-
-PRUNERS = {"fwd": prune_fwd, "dq": prune_dq, "dkv": prune_dkv, "thought_bwd": prune_thought_bwd}
-CONFIGS = {"fwd": FWD_CONFIGS, "dq": DQ_CONFIGS, "dkv": DKV_CONFIGS, "thought_bwd": THOUGHT_BWD_CONFIGS}
 
 
 # ------------------------------------------------------------------------------------------------------ forward
@@ -228,14 +115,14 @@ def _fwd_base_blocks(
 
 
 @triton.autotune(
-    configs=FWD_CONFIGS,
+    configs=autotune.FWD_CONFIGS,
     key=["l_bucket", "p_bucket", "HEAD_DIM", "HAS_MASK"],
-    prune_configs_by={"early_config_prune": prune_fwd},
+    prune_configs_by={"early_config_prune": autotune.prune_fwd},
     cache_results=True,
 )
 @triton.jit
 def _fwd_kernel(
-    Q, KB, VB, KT_PTRS, VT_PTRS, MASK, O, LSE,
+    Q, BASE_KEY, BASE_VALUE, THOUGHT_KEY_PTRS, THOUGHT_VALUE_PTRS, MASK, O, LSE,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
@@ -264,27 +151,27 @@ def _fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    kt_offs = batch * stride_tkb + kv_head * stride_tkh + rows[:, None] * stride_tkl + offs_d[None, :]
-    vt_offs = batch * stride_tvb + kv_head * stride_tvh + rows[:, None] * stride_tvl + offs_d[None, :]
+    thought_key_offs = batch * stride_tkb + kv_head * stride_tkh + rows[:, None] * stride_tkl + offs_d[None, :]
+    thought_value_offs = batch * stride_tvb + kv_head * stride_tvh + rows[:, None] * stride_tvl + offs_d[None, :]
     for s in tl.range(0, n_passes, num_stages=THOUGHT_STAGES):
-        kt_pass = tl.load(KT_PTRS + s).to(tl.pointer_type(dtype))
-        vt_pass = tl.load(VT_PTRS + s).to(tl.pointer_type(dtype))
-        kt = tl.load(kt_pass + kt_offs, mask=row_ok[:, None], other=0.0)
-        vt = tl.load(vt_pass + vt_offs, mask=row_ok[:, None], other=0.0)
-        score = tl.sum(qf * kt.to(tl.float32), 1) * qk_scale
+        thought_key_ptr = tl.load(THOUGHT_KEY_PTRS + s).to(tl.pointer_type(dtype))
+        thought_value_ptr = tl.load(THOUGHT_VALUE_PTRS + s).to(tl.pointer_type(dtype))
+        thought_key = tl.load(thought_key_ptr + thought_key_offs, mask=row_ok[:, None], other=0.0)
+        thought_value = tl.load(thought_value_ptr + thought_value_offs, mask=row_ok[:, None], other=0.0)
+        score = tl.sum(qf * thought_key.to(tl.float32), 1) * qk_scale
         m_new = tl.maximum(m_i, score)
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(score - m_new)
         l_i = l_i * alpha + p
-        acc = acc * alpha[:, None] + p[:, None] * vt.to(tl.float32)
+        acc = acc * alpha[:, None] + p[:, None] * thought_value.to(tl.float32)
         m_i = m_new
 
     # q again for the base loop (an L2 hit): no copy of it stays live across the thought loop in another layout
     q = tl.load(Q + q_offs, mask=row_ok[:, None], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    K = KB + batch * stride_kb + kv_head * stride_kh
-    V = VB + batch * stride_vb + kv_head * stride_vh
+    K = BASE_KEY + batch * stride_kb + kv_head * stride_kh
+    V = BASE_VALUE + batch * stride_vb + kv_head * stride_vh
     MASK = MASK + batch * stride_mb
     acc, l_i, m_i = _fwd_base_blocks(
         acc, l_i, m_i, q, K, V, MASK, stride_kl, stride_vl, rows, 0, start_m, seq_len, qk_scale,
@@ -305,15 +192,15 @@ def _fwd_kernel(
 
 
 @triton.autotune(
-    configs=THOUGHT_BWD_CONFIGS,
+    configs=autotune.THOUGHT_BWD_CONFIGS,
     key=["l_bucket", "p_bucket", "GROUPS", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": prune_thought_bwd},
+    prune_configs_by={"early_config_prune": autotune.prune_thought_bwd},
     cache_results=True,
 )
 @triton.heuristics({"BLOCK_G": lambda args: triton.next_power_of_2(args["GROUPS"])})
 @triton.jit
 def _bwd_thought_kernel(
-    Q, O, DO, LSE, DELTA, DQ_ACC, KT_PTRS, VT_PTRS, DKT_PTRS, DVT_PTRS,
+    Q, O, DO, LSE, DELTA, DQ_ACC, THOUGHT_KEY_PTRS, THOUGHT_VALUE_PTRS, GRAD_THOUGHT_KEY_PTRS, GRAD_THOUGHT_VALUE_PTRS,
     stride_qb, stride_qh, stride_ql,
     stride_dob, stride_doh, stride_dol,
     stride_tkb, stride_tkh, stride_tkl,
@@ -342,22 +229,22 @@ def _bwd_thought_kernel(
     lse2 = tl.load(LSE + row_vec, mask=ok, other=float("inf")) * _LOG2E  # p = 0 on masked rows and heads
 
     dq = tl.zeros([BLOCK_G, BLOCK_R, HEAD_DIM], dtype=tl.float32)
-    kt_offs = batch * stride_tkb + kv_head * stride_tkh + rows[:, None] * stride_tkl + offs_d[None, :]
-    vt_offs = batch * stride_tvb + kv_head * stride_tvh + rows[:, None] * stride_tvl + offs_d[None, :]
+    thought_key_offs = batch * stride_tkb + kv_head * stride_tkh + rows[:, None] * stride_tkl + offs_d[None, :]
+    thought_value_offs = batch * stride_tvb + kv_head * stride_tvh + rows[:, None] * stride_tvl + offs_d[None, :]
     for s in tl.range(0, n_passes, num_stages=2):
-        kt_pass = tl.load(KT_PTRS + s).to(tl.pointer_type(dtype))
-        vt_pass = tl.load(VT_PTRS + s).to(tl.pointer_type(dtype))
-        kt = tl.load(kt_pass + kt_offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        vt = tl.load(vt_pass + vt_offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        p = tl.math.exp2(tl.sum(q.to(tl.float32) * kt[None, :, :], 2) * qk_scale - lse2)  # (G, R)
-        ds = p * (tl.sum(do.to(tl.float32) * vt[None, :, :], 2) - delta)
-        dkt = tl.sum(ds[:, :, None] * q.to(tl.float32), 0) * scaling  # (R, d)
-        dvt = tl.sum(p[:, :, None] * do.to(tl.float32), 0)
-        dq += ds[:, :, None] * kt[None, :, :]
-        dkt_pass = tl.load(DKT_PTRS + s).to(tl.pointer_type(dtype))
-        dvt_pass = tl.load(DVT_PTRS + s).to(tl.pointer_type(dtype))
-        tl.store(dkt_pass + kt_offs, dkt.to(dtype), mask=row_ok[:, None])
-        tl.store(dvt_pass + vt_offs, dvt.to(dtype), mask=row_ok[:, None])
+        thought_key_ptr = tl.load(THOUGHT_KEY_PTRS + s).to(tl.pointer_type(dtype))
+        thought_value_ptr = tl.load(THOUGHT_VALUE_PTRS + s).to(tl.pointer_type(dtype))
+        thought_key = tl.load(thought_key_ptr + thought_key_offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        thought_value = tl.load(thought_value_ptr + thought_value_offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        p = tl.math.exp2(tl.sum(q.to(tl.float32) * thought_key[None, :, :], 2) * qk_scale - lse2)  # (G, R)
+        ds = p * (tl.sum(do.to(tl.float32) * thought_value[None, :, :], 2) - delta)
+        grad_thought_key = tl.sum(ds[:, :, None] * q.to(tl.float32), 0) * scaling  # (R, d)
+        grad_thought_value = tl.sum(p[:, :, None] * do.to(tl.float32), 0)
+        dq += ds[:, :, None] * thought_key[None, :, :]
+        grad_thought_key_ptr = tl.load(GRAD_THOUGHT_KEY_PTRS + s).to(tl.pointer_type(dtype))
+        grad_thought_value_ptr = tl.load(GRAD_THOUGHT_VALUE_PTRS + s).to(tl.pointer_type(dtype))
+        tl.store(grad_thought_key_ptr + thought_key_offs, grad_thought_key.to(dtype), mask=row_ok[:, None])
+        tl.store(grad_thought_value_ptr + thought_value_offs, grad_thought_value.to(dtype), mask=row_ok[:, None])
 
     dq_offs = row_vec[:, :, None] * HEAD_DIM + offs_d[None, None, :]
     tl.store(DQ_ACC + dq_offs, dq * scaling, mask=ok[:, :, None])
@@ -398,15 +285,15 @@ def _dkv_query_blocks(
 
 
 @triton.autotune(
-    configs=DKV_CONFIGS,
+    configs=autotune.DKV_CONFIGS,
     key=["l_bucket", "n_groups", "n_splits", "HEAD_DIM", "HAS_MASK", "FUSED_DQ"],
-    prune_configs_by={"early_config_prune": prune_dkv},
+    prune_configs_by={"early_config_prune": autotune.prune_dkv},
     restore_value=["DQ_ACC"],
     cache_results=True,
 )
 @triton.jit
 def _bwd_dkv_kernel(
-    Q, KB, VB, MASK, DO, LSE, DELTA, DQ_ACC, DK, DV,
+    Q, BASE_KEY, BASE_VALUE, MASK, DO, LSE, DELTA, DQ_ACC, DK, DV,
     stride_qb, stride_qh, stride_ql,
     stride_dob, stride_doh, stride_dol,
     stride_kb, stride_kh, stride_kl,
@@ -429,8 +316,8 @@ def _bwd_dkv_kernel(
 
     k_offs = batch * stride_kb + kv_head * stride_kh + cols[:, None] * stride_kl + offs_d[None, :]
     v_offs = batch * stride_vb + kv_head * stride_vh + cols[:, None] * stride_vl + offs_d[None, :]
-    k = tl.load(KB + k_offs, mask=col_ok[:, None], other=0.0)
-    v = tl.load(VB + v_offs, mask=col_ok[:, None], other=0.0)
+    k = tl.load(BASE_KEY + k_offs, mask=col_ok[:, None], other=0.0)
+    v = tl.load(BASE_VALUE + v_offs, mask=col_ok[:, None], other=0.0)
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -491,14 +378,14 @@ def _dq_base_blocks(
 
 
 @triton.autotune(
-    configs=DQ_CONFIGS,
+    configs=autotune.DQ_CONFIGS,
     key=["l_bucket", "HEAD_DIM", "HAS_MASK"],
-    prune_configs_by={"early_config_prune": prune_dq},
+    prune_configs_by={"early_config_prune": autotune.prune_dq},
     cache_results=True,
 )
 @triton.jit
 def _bwd_dq_kernel(
-    Q, KB, VB, MASK, DO, LSE, DELTA, DQ_ACC, DQ,
+    Q, BASE_KEY, BASE_VALUE, MASK, DO, LSE, DELTA, DQ_ACC, DQ,
     stride_qb, stride_qh, stride_ql,
     stride_dob, stride_doh, stride_dol,
     stride_kb, stride_kh, stride_kl,
@@ -531,8 +418,8 @@ def _bwd_dq_kernel(
     acc_offs = row_vec[:, None] * HEAD_DIM + offs_d[None, :]
     dq = tl.load(DQ_ACC + acc_offs, mask=row_ok[:, None], other=0.0) / scaling  # the thought part
 
-    K = KB + batch * stride_kb + kv_head * stride_kh
-    V = VB + batch * stride_vb + kv_head * stride_vh
+    K = BASE_KEY + batch * stride_kb + kv_head * stride_kh
+    V = BASE_VALUE + batch * stride_vb + kv_head * stride_vh
     MASK = MASK + batch * stride_mb
     dq = _dq_base_blocks(
         dq, q, do, lse2, delta, K, V, MASK, stride_kl, stride_vl, rows, 0, start_m, seq_len, qk_scale,
@@ -552,48 +439,28 @@ KERNELS = {"fwd": _fwd_kernel, "thought_bwd": _bwd_thought_kernel, "dkv": _bwd_d
 # ------------------------------------------------------------------------------------------------ host wrappers
 
 
-def _check_inputs(q, kb, vb, kt, vt, key_padding_mask) -> None:
-    """Raise a ValueError/RuntimeError naming the first unsupported input."""
-    if not isinstance(kt, Sequence) or not isinstance(vt, Sequence) or isinstance(kt, torch.Tensor):
-        raise ValueError("thought_attention takes kt and vt as sequences (list/tuple) of p tensors (B, Hkv, L, d)")
-    if len(kt) != len(vt):
-        raise ValueError(f"kt and vt must hold one tensor per pass each; got {len(kt)} and {len(vt)}")
-    if not kt:
-        raise ValueError("thought_attention needs at least one thought pass (len(kt) >= 1)")
-    if q.dim() != 4 or kb.dim() != 4:
-        raise ValueError(
-            f"thought_attention expects q (B, H, L, d) and kb/vb (B, Hkv, L, d); got {tuple(q.shape)}, "
-            f"{tuple(kb.shape)}"
-        )
-    batch, heads, length, head_dim = q.shape
-    kv_heads = kb.shape[1]
-    expected = (batch, kv_heads, length, head_dim)
-    if kb.shape != expected or vb.shape != expected:
-        raise ValueError(f"kb and vb must be (B, Hkv, L, d) = {expected}; got {tuple(kb.shape)} and {tuple(vb.shape)}")
-    for name, passes in (("kt", kt), ("vt", vt)):
-        for index, t in enumerate(passes):
-            if tuple(t.shape) != expected:
-                raise ValueError(f"{name}[{index}] must be (B, Hkv, L, d) = {expected}; got {tuple(t.shape)}")
-    if heads % kv_heads:
-        raise ValueError(f"query heads ({heads}) must be a multiple of key/value heads ({kv_heads})")
+def _check_kernel_inputs(query, keys_and_values) -> None:
+    """Raise a ValueError/RuntimeError naming the first input the kernels cannot run.
+
+    Only what the kernels themselves need is checked here: a supported head dim, one supported dtype for every
+    tensor (the pointer tables are cast to the query's element type), K/V of the query's batch, length and head dim
+    (the kernels index them with the query's), and a device the kernels run on. The meaning of the arguments (GQA
+    head counts, one value per key, a (B, L) bool padding mask) is checked once, by the model layer's
+    `quietstar.models.thought_attention.thought_attention` before it picks an implementation.
+    """
+    batch, _, length, head_dim = query.shape
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head dim {head_dim} is not supported by the Triton kernel; supported: {SUPPORTED_HEAD_DIMS}")
-    tensors = (q, kb, vb, *kt, *vt)
-    if q.dtype not in SUPPORTED_DTYPES or any(t.dtype != q.dtype for t in tensors):
+    if query.dtype not in SUPPORTED_DTYPES or any(t.dtype != query.dtype for t in keys_and_values):
         raise ValueError(
-            f"q, kb, vb and every kt/vt tensor must share one dtype among {SUPPORTED_DTYPES}; got "
-            f"{sorted({str(t.dtype) for t in tensors})}"
+            f"the Triton thought attention needs one dtype among {SUPPORTED_DTYPES} for all inputs; got "
+            f"{sorted({str(t.dtype) for t in (query, *keys_and_values)})}"
         )
-    if key_padding_mask is not None and (key_padding_mask.shape != (batch, length)
-                                         or key_padding_mask.dtype != torch.bool):
-        raise ValueError(f"key_padding_mask must be a bool tensor of shape (B, L) = {(batch, length)}; got "
-                         f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
-    devices = {t.device for t in tensors}
-    if len(devices) != 1:
-        raise ValueError(f"all inputs must be on one device; got {devices}")
-    if q.device.type != "cuda" and not INTERPRET:
+    if any((t.shape[0], t.shape[2], t.shape[3]) != (batch, length, head_dim) for t in keys_and_values):
+        raise ValueError(f"keys and values must be (B, Hkv, L, d) with the query's B, L, d = {batch, length, head_dim}")
+    if query.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(
-            f"the Triton thought attention needs CUDA tensors (got {q.device}); on CPU set TRITON_INTERPRET=1 "
+            f"the Triton thought attention needs CUDA tensors (got {query.device}); on CPU set TRITON_INTERPRET=1 "
             "before triton is first imported, or use attention_impl='torch'"
         )
     if INTERPRET and not isinstance(tl.zeros, InterpretedFunction):
@@ -661,22 +528,6 @@ def _kernel_flags(dtype: torch.dtype) -> dict:
     return dict(UPCAST=INTERPRET, DOT_PRECISION=dot_precision(dtype))
 
 
-def _buckets(length: int, n_passes: int) -> dict:
-    """Autotune key values: next powers of two of L and p, so padded batches of nearby widths share a tuning."""
-    return dict(l_bucket=triton.next_power_of_2(length), p_bucket=triton.next_power_of_2(n_passes))
-
-
-def dkv_splits(batch: int, kv_heads: int, groups: int, length: int, block_n: int = 64) -> int:
-    """Query-head splits of the dK/dV grid: the smallest divisor of G giving ~DKV_TARGET_PROGRAMS programs."""
-    programs = batch * kv_heads * triton.cdiv(length, block_n)
-    splits = 1
-    while splits < groups and programs * splits < DKV_TARGET_PROGRAMS:
-        splits += 1
-        while groups % splits:
-            splits += 1
-    return splits
-
-
 def _device_guard(x: torch.Tensor):
     """Launch on x's GPU (kernels launch on the current CUDA device); nothing to do on CPU."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
@@ -689,45 +540,46 @@ def _mask_args(key_padding_mask, dummy):
     return key_padding_mask, key_padding_mask.stride(0), True
 
 
-def thought_attention_forward(q, kb, vb, kt, vt, key_padding_mask, scaling):
+def thought_attention_forward(query, base_key, base_value, thought_keys, thought_values, key_padding_mask, scaling):
     """Forward kernel launch.
 
     Args:
-        q: (B, H, L, d); kb, vb: (B, Hkv, L, d); kt, vt: sequences of p tensors (B, Hkv, L, d), the passes of
-            each sharing one stride set; one dtype, last dim contiguous.
+        query: (B, H, L, d); base_key, base_value: (B, Hkv, L, d); thought_keys, thought_values: sequences of p
+            tensors (B, Hkv, L, d), the tensors of each sequence sharing one stride set; one dtype, last dim
+            contiguous.
         key_padding_mask: (B, L) bool (True = real token) or None.
         scaling: score scale.
 
     Returns:
-        out: (B, H, L, d) with q's strides; lse: (B, H, L) fp32, natural log.
+        out: (B, H, L, d) with the query's strides; lse: (B, H, L) fp32, natural log.
     """
-    batch, heads, length, head_dim = q.shape
-    kv_heads, n_passes = kb.shape[1], len(kt)
-    out = torch.empty_like(q)
-    lse = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
+    batch, heads, length, head_dim = query.shape
+    kv_heads, n_passes = base_key.shape[1], len(thought_keys)
+    out = torch.empty_like(query)
+    lse = torch.empty(batch, heads, length, device=query.device, dtype=torch.float32)
     mask, mask_stride, has_mask = _mask_args(key_padding_mask, lse)
-    kt_table, vt_table = pointer_table(kt, q.device), pointer_table(vt, q.device)
+    key_table, value_table = pointer_table(thought_keys, query.device), pointer_table(thought_values, query.device)
 
     def grid(meta):
         return heads, triton.cdiv(length, meta["BLOCK_M"]), batch
 
-    with _device_guard(q):
+    with _device_guard(query):
         _fwd_kernel[grid](
-            q, kb, vb, kt_table, vt_table, mask, out, lse,
-            q.stride(0), q.stride(1), q.stride(2),
-            kb.stride(0), kb.stride(1), kb.stride(2),
-            vb.stride(0), vb.stride(1), vb.stride(2),
-            *layout(kt[0])[:3],
-            *layout(vt[0])[:3],
+            query, base_key, base_value, key_table, value_table, mask, out, lse,
+            query.stride(0), query.stride(1), query.stride(2),
+            base_key.stride(0), base_key.stride(1), base_key.stride(2),
+            base_value.stride(0), base_value.stride(1), base_value.stride(2),
+            *layout(thought_keys[0])[:3],
+            *layout(thought_values[0])[:3],
             mask_stride,
-            heads, heads // kv_heads, length, n_passes, scaling * LOG2E, **_buckets(length, n_passes),
-            HEAD_DIM=head_dim, HAS_MASK=has_mask, **_kernel_flags(q.dtype),
+            heads, heads // kv_heads, length, n_passes, scaling * LOG2E, **autotune.buckets(length, n_passes),
+            HEAD_DIM=head_dim, HAS_MASK=has_mask, **_kernel_flags(query.dtype),
         )
     return out, lse
 
 
-def thought_attention_backward(grad_out, q, kb, vb, kt, vt, key_padding_mask, out, lse, scaling,
-                               deterministic: bool | None = None):
+def thought_attention_backward(grad_out, query, base_key, base_value, thought_keys, thought_values,
+                               key_padding_mask, out, lse, scaling, deterministic: bool | None = None):
     """Backward kernel launches: fused thought backward (+ Delta), base dK/dV (+ dQ unless deterministic), dQ.
 
     Args:
@@ -736,33 +588,36 @@ def thought_attention_backward(grad_out, q, kb, vb, kt, vt, key_padding_mask, ou
             torch.are_deterministic_algorithms_enabled().
 
     Returns:
-        dq (B, H, L, d), dkb and dvb (B, Hkv, L, d), and lists dkt, dvt of p tensors (B, Hkv, L, d) each, in the
-        input dtype.
+        grad_query (B, H, L, d), grad_base_key and grad_base_value (B, Hkv, L, d), and lists grad_thought_keys,
+        grad_thought_values of p tensors (B, Hkv, L, d) each, in the input dtype.
     """
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
-    batch, heads, length, head_dim = q.shape
-    kv_heads, n_passes = kb.shape[1], len(kt)
+    batch, heads, length, head_dim = query.shape
+    kv_heads, n_passes = base_key.shape[1], len(thought_keys)
     groups = heads // kv_heads
-    do = _inner_contiguous(grad_out)
-    _check_int32_spans([do])
-    dq, dkb, dvb = torch.empty_like(q), torch.empty_like(kb), torch.empty_like(vb)
-    dkt, dvt = [torch.empty_like(t) for t in kt], [torch.empty_like(t) for t in vt]
+    grad_out = _inner_contiguous(grad_out)
+    _check_int32_spans([grad_out])
+    grad_query = torch.empty_like(query)
+    grad_base_key, grad_base_value = torch.empty_like(base_key), torch.empty_like(base_value)
+    grad_thought_keys = [torch.empty_like(t) for t in thought_keys]
+    grad_thought_values = [torch.empty_like(t) for t in thought_values]
     delta = torch.empty_like(lse)
-    dq_acc = torch.empty(batch, heads, length, head_dim, device=q.device, dtype=torch.float32)
+    dq_acc = torch.empty(batch, heads, length, head_dim, device=query.device, dtype=torch.float32)
     mask, mask_stride, has_mask = _mask_args(key_padding_mask, lse)
-    flags = _kernel_flags(q.dtype)
-    buckets = _buckets(length, n_passes)
-    tables = [pointer_table(t, q.device) for t in (kt, vt, dkt, dvt)]
+    flags = _kernel_flags(query.dtype)
+    buckets = autotune.buckets(length, n_passes)
+    tables = [pointer_table(t, query.device)
+              for t in (thought_keys, thought_values, grad_thought_keys, grad_thought_values)]
 
-    splits = dkv_splits(batch, kv_heads, groups, length)
+    splits = autotune.dkv_splits(batch, kv_heads, groups, length)
     if splits > 1:
-        dk_out = torch.empty(splits, batch, kv_heads, length, head_dim, device=q.device, dtype=torch.float32)
+        dk_out = torch.empty(splits, batch, kv_heads, length, head_dim, device=query.device, dtype=torch.float32)
         dv_out = torch.empty_like(dk_out)
         dk_strides = dv_strides = dk_out.stride()
     else:
-        dk_out, dv_out = dkb, dvb
-        dk_strides, dv_strides = (0, *dkb.stride()[:3]), (0, *dvb.stride()[:3])
+        dk_out, dv_out = grad_base_key, grad_base_value
+        dk_strides, dv_strides = (0, *grad_base_key.stride()[:3]), (0, *grad_base_value.stride()[:3])
 
     def thought_grid(meta):
         return triton.cdiv(length, meta["BLOCK_R"]), kv_heads, batch
@@ -773,124 +628,129 @@ def thought_attention_backward(grad_out, q, kb, vb, kt, vt, key_padding_mask, ou
     def dq_grid(meta):
         return heads, triton.cdiv(length, meta["BLOCK_M"]), batch
 
-    with _device_guard(q):
+    with _device_guard(query):
         _bwd_thought_kernel[thought_grid](
-            q, out, do, lse, delta, dq_acc, *tables,
-            q.stride(0), q.stride(1), q.stride(2),
-            do.stride(0), do.stride(1), do.stride(2),
-            *layout(kt[0])[:3],
-            *layout(vt[0])[:3],
+            query, out, grad_out, lse, delta, dq_acc, *tables,
+            query.stride(0), query.stride(1), query.stride(2),
+            grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+            *layout(thought_keys[0])[:3],
+            *layout(thought_values[0])[:3],
             heads, length, n_passes, scaling, scaling * LOG2E, **buckets,
             GROUPS=groups, HEAD_DIM=head_dim,
         )
         _bwd_dkv_kernel[dkv_grid](
-            q, kb, vb, mask, do, lse, delta, dq_acc, dk_out, dv_out,
-            q.stride(0), q.stride(1), q.stride(2),
-            do.stride(0), do.stride(1), do.stride(2),
-            kb.stride(0), kb.stride(1), kb.stride(2),
-            vb.stride(0), vb.stride(1), vb.stride(2),
+            query, base_key, base_value, mask, grad_out, lse, delta, dq_acc, dk_out, dv_out,
+            query.stride(0), query.stride(1), query.stride(2),
+            grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+            base_key.stride(0), base_key.stride(1), base_key.stride(2),
+            base_value.stride(0), base_value.stride(1), base_value.stride(2),
             *dk_strides[:4], *dv_strides[:4],
             mask_stride,
             heads, kv_heads, groups, splits, length, scaling, scaling * LOG2E, buckets["l_bucket"],
             HEAD_DIM=head_dim, HAS_MASK=has_mask, FUSED_DQ=not deterministic, **flags,
         )
         if splits > 1:  # fixed-order sum over the head splits: deterministic
-            dkb.copy_(dk_out.sum(0))
-            dvb.copy_(dv_out.sum(0))
+            grad_base_key.copy_(dk_out.sum(0))
+            grad_base_value.copy_(dv_out.sum(0))
         if deterministic:
             _bwd_dq_kernel[dq_grid](
-                q, kb, vb, mask, do, lse, delta, dq_acc, dq,
-                q.stride(0), q.stride(1), q.stride(2),
-                do.stride(0), do.stride(1), do.stride(2),
-                kb.stride(0), kb.stride(1), kb.stride(2),
-                vb.stride(0), vb.stride(1), vb.stride(2),
+                query, base_key, base_value, mask, grad_out, lse, delta, dq_acc, grad_query,
+                query.stride(0), query.stride(1), query.stride(2),
+                grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+                base_key.stride(0), base_key.stride(1), base_key.stride(2),
+                base_value.stride(0), base_value.stride(1), base_value.stride(2),
                 mask_stride,
                 heads, groups, length, scaling, scaling * LOG2E, buckets["l_bucket"],
                 HEAD_DIM=head_dim, HAS_MASK=has_mask, **flags,
             )
         else:
-            dq.copy_(dq_acc)
-    return dq, dkb, dvb, dkt, dvt
+            grad_query.copy_(dq_acc)
+    return grad_query, grad_base_key, grad_base_value, grad_thought_keys, grad_thought_values
 
 
 class ThoughtAttentionFunction(torch.autograd.Function):
     """Thought-pass attention with the fused Triton forward and backward.
 
-    forward(q, kb, vb, key_padding_mask, scaling, *thought_kv) -> out
-        q: (B, H, L, d) queries of thought pass p
-        kb, vb: (B, Hkv, L, d) keys/values of the base pass (H = G * Hkv, GQA handled inside)
+    forward(query, base_key, base_value, key_padding_mask, scaling, *thought_kv) -> out
+        query: (B, H, L, d) queries of thought pass p
+        base_key, base_value: (B, Hkv, L, d) keys/values of the base pass (H = G * Hkv, GQA handled inside)
         key_padding_mask: (B, L) bool, True for real tokens, or None
         scaling: float score scale
-        thought_kv: the p thought keys kt_1..kt_p followed by the p thought values vt_1..vt_p, each (B, Hkv, L, d).
+        thought_kv: the p thought keys of passes 1..p followed by their p thought values, each (B, Hkv, L, d).
             autograd.Function only tracks tensors passed as positional arguments, so the two lists are flattened
             into one varargs tuple (2p tensors) and split back in half; every pass tensor gets its own gradient.
-        out: (B, H, L, d); row i is softmax over {base keys j <= i, not padding} U {kt_1[i], ..., kt_p[i]} of V.
+        out: (B, H, L, d); row i is softmax over {base keys j <= i, not padding} U {pass s's key at i, s = 1..p}
+            of the matching values.
 
     Saved for backward: the inputs, each pass tensor once as it is, `out` and the (B, H, L) fp32 log-sum-exp;
     never an L x L score matrix nor a stacked copy of the passes.
-    Gradients: q, kb, vb and one per pass tensor (the mask and the scale get none).
+    Gradients: query, base_key, base_value and one per pass tensor (the mask and the scale get none).
     """
 
     @staticmethod
-    def forward(ctx, q, kb, vb, key_padding_mask, scaling, *thought_kv):
+    def forward(ctx, query, base_key, base_value, key_padding_mask, scaling, *thought_kv):
         n_passes = len(thought_kv) // 2
-        kt, vt = thought_kv[:n_passes], thought_kv[n_passes:]
-        out, lse = thought_attention_forward(q, kb, vb, kt, vt, key_padding_mask, scaling)
-        ctx.save_for_backward(q, kb, vb, key_padding_mask, out, lse, *thought_kv)
+        thought_keys, thought_values = thought_kv[:n_passes], thought_kv[n_passes:]
+        out, lse = thought_attention_forward(
+            query, base_key, base_value, thought_keys, thought_values, key_padding_mask, scaling
+        )
+        ctx.save_for_backward(query, base_key, base_value, key_padding_mask, out, lse, *thought_kv)
         ctx.scaling = scaling
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, kb, vb, key_padding_mask, out, lse, *thought_kv = ctx.saved_tensors
+        query, base_key, base_value, key_padding_mask, out, lse, *thought_kv = ctx.saved_tensors
         n_passes = len(thought_kv) // 2
-        kt, vt = thought_kv[:n_passes], thought_kv[n_passes:]
-        dq, dkb, dvb, dkt, dvt = thought_attention_backward(
-            grad_out, q, kb, vb, kt, vt, key_padding_mask, out, lse, ctx.scaling
+        thought_keys, thought_values = thought_kv[:n_passes], thought_kv[n_passes:]
+        grad_query, grad_base_key, grad_base_value, grad_thought_keys, grad_thought_values = (
+            thought_attention_backward(
+                grad_out, query, base_key, base_value, thought_keys, thought_values, key_padding_mask, out, lse,
+                ctx.scaling,
+            )
         )
-        return dq, dkb, dvb, None, None, *dkt, *dvt
+        return grad_query, grad_base_key, grad_base_value, None, None, *grad_thought_keys, *grad_thought_values
 
 
 def thought_attention(
-    q: torch.Tensor,
-    kb: torch.Tensor,
-    vb: torch.Tensor,
-    kt: Sequence[torch.Tensor],
-    vt: Sequence[torch.Tensor],
+    query: torch.Tensor,
+    base_key: torch.Tensor,
+    base_value: torch.Tensor,
+    thought_keys: Sequence[torch.Tensor],
+    thought_values: Sequence[torch.Tensor],
     key_padding_mask: torch.Tensor | None = None,
     scaling: float | None = None,
 ) -> torch.Tensor:
     """Fused thought-pass attention; returns (B, H, L, d).
 
     Args:
-        q: (B, H, L, d) queries of thought pass p.
-        kb, vb: (B, Hkv, L, d) base keys and values.
-        kt, vt: sequences of p tensors (B, Hkv, L, d): the keys and values of passes 1..p (pass p last), used in
-            place through a pointer table (no stacked copy). The kt tensors must share one stride set (likewise
-            the vt tensors); passes whose strides differ are made contiguous first (a copy).
+        query: (B, H, L, d) queries of thought pass p.
+        base_key, base_value: (B, Hkv, L, d) keys and values of the base pass; H a multiple of Hkv.
+        thought_keys, thought_values: sequences of p >= 1 tensors (B, Hkv, L, d): the keys and values of passes
+            1..p (pass p last), used in place through a pointer table (no stacked copy). The thought keys must
+            share one stride set (likewise the values); passes whose strides differ are made contiguous first.
         key_padding_mask: (B, L) bool, True for real tokens, or None.
         scaling: score scale, default d ** -0.5.
 
-    Inputs must share one dtype (fp16, bf16 or fp32; fp32 accumulation throughout; fp32 on CUDA is computed by the
-    `torch` implementation) and live on a CUDA device, or anywhere under TRITON_INTERPRET=1. Head dims 16, 32, 64
-    and 128 are supported; any L, p >= 1 and B. Inputs whose last dim is not contiguous are copied; other layouts (e.g.
-    (B, L, H, d) transposed views) are used in place. The backward is deterministic when
-    torch.use_deterministic_algorithms(True) is set; otherwise dQ is accumulated with fp32 atomics (fewer matrix
-    products, bitwise results may vary run to run).
+    The arguments are taken as valid (the model layer's dispatcher checks them); this function raises only for what
+    the kernels cannot run (`_check_kernel_inputs`, int32 spans). Inputs share one dtype (fp16, bf16 or fp32; fp32
+    accumulation throughout; fp32 on CUDA uses tf32 products) and live on a CUDA device, or anywhere under
+    TRITON_INTERPRET=1. Head dims 16, 32, 64 and 128 are supported; any L, p >= 1 and B. Inputs whose last dim is
+    not contiguous are copied; other layouts (e.g. (B, L, H, d) transposed views) are used in place. The backward
+    is deterministic when torch.use_deterministic_algorithms(True) is set; otherwise dQ is accumulated with fp32
+    atomics (fewer matrix products, bitwise results may vary run to run).
     """
-    _check_inputs(q, kb, vb, kt, vt, key_padding_mask)
+    _check_kernel_inputs(query, (base_key, base_value, *thought_keys, *thought_values))
     if scaling is None:
-        scaling = 1.0 / math.sqrt(q.shape[-1])
-    if q.dtype == torch.float32 and q.is_cuda:
-        from ...models.thought_attention import torch_thought_attention
-
-        return torch_thought_attention(q, kb, vb, kt, vt, key_padding_mask, scaling).transpose(1, 2)
-    q, kb, vb = (_inner_contiguous(t) for t in (q, kb, vb))
-    kt, vt = _same_layout(kt), _same_layout(vt)
-    _check_int32_spans([q, kb, vb, kt[0], vt[0]])
+        scaling = 1.0 / math.sqrt(query.shape[-1])
+    query, base_key, base_value = (_inner_contiguous(t) for t in (query, base_key, base_value))
+    thought_keys, thought_values = _same_layout(thought_keys), _same_layout(thought_values)
+    _check_int32_spans([query, base_key, base_value, thought_keys[0], thought_values[0]])
     if key_padding_mask is not None:
         key_padding_mask = key_padding_mask.contiguous()
-    return ThoughtAttentionFunction.apply(q, kb, vb, key_padding_mask, float(scaling), *kt, *vt)
+    return ThoughtAttentionFunction.apply(
+        query, base_key, base_value, key_padding_mask, float(scaling), *thought_keys, *thought_values
+    )
 
 
 __all__ = [
