@@ -1,9 +1,9 @@
 """Training configs: YAML loading, dotted overrides, and errors that name the key."""
 
+import importlib
 from pathlib import Path
 
 import pytest
-from scripts import load_script
 
 from quietstar.training.config import ConfigError, batch_layout, load_config
 
@@ -12,7 +12,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def _train_module():
-    return load_script(REPO / "train.py", "train_entry")
+    return importlib.import_module("quietstar.training.loop")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
