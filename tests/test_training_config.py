@@ -62,7 +62,7 @@ def test_overrides_reach_every_level():
         ("train.global_batch_size=6", r"train\.global_batch_size \(6\) must be a multiple of train\.micro_batch_size"),
         ("data.sources.0.probability=0", r"data\.sources\.0\.probability must be > 0"),
         ("data.sources.3.probability=1", r"'data\.sources\.3': index '3' is not in a list of 1 entries"),
-        ("model.quietstar.n_thought_tokens=2", r"QuietStarConfig\.n_thought_tokens must be an integer >= 3"),
+        ("model.quietstar.n_thought_tokens=2", r"QuietStarConfig\.n_thought_tokens: Value must be greater or equal to 3, got 2"),
         ("train=3", r"train must be a mapping"),
         ("train.thought_curriculum.0.step=x", r"'train\.thought_curriculum\.0': index '0' is not in a list of 0 entries"),
         ("data.sources=[{name: en}]", r"^data\.sources\.0\.path must be set$"),
