@@ -138,7 +138,8 @@ def test_an_error_in_the_file_names_the_file_and_the_full_key(tmp_path):
     with pytest.raises(ConfigError, match=message):
         load_config(config_file)
     config_file.write_text("train:\n  thought_curriculum:\n  - {step: 2, n_thought_tokens: four, n_ahead_talk: 2}\n")
-    with pytest.raises(ConfigError, match=rf"^train\.thought_curriculum\.0\.n_thought_tokens: Value 'four' .*\(in {config_file}\)$"):
+    message = rf"^train\.thought_curriculum\.0\.n_thought_tokens: Value 'four' .*\(in {config_file}\)$"
+    with pytest.raises(ConfigError, match=message):
         load_config(config_file)
     config_file.write_text("train: [1\n")
     with pytest.raises(ConfigError, match=rf"^config file '{config_file}' is not valid YAML"):
@@ -146,8 +147,9 @@ def test_an_error_in_the_file_names_the_file_and_the_full_key(tmp_path):
 
 
 def test_overrides_index_lists_and_replace_free_form_mappings():
-    stages = "train.thought_curriculum=[{step: 2, n_thought_tokens: 4, n_ahead_talk: 2}, {step: 9, n_thought_tokens: 3, n_ahead_talk: 1}]"
-    config = load_config(REPO / "configs" / "tiny.yaml", [stages, "train.thought_curriculum.0.step=5", "model.quietstar={n_thoughts: 3}"])
+    stages = "[{step: 2, n_thought_tokens: 4, n_ahead_talk: 2}, {step: 9, n_thought_tokens: 3, n_ahead_talk: 1}]"
+    overrides = [f"train.thought_curriculum={stages}", "train.thought_curriculum.0.step=5", "model.quietstar={n_thoughts: 3}"]
+    config = load_config(REPO / "configs" / "tiny.yaml", overrides)
     assert [(s.step, s.n_thought_tokens) for s in config.train.thought_curriculum] == [(5, 4), (9, 3)]
     assert config.model.quietstar == {"n_thoughts": 3}  # the file's other Quiet-STaR fields are gone
 

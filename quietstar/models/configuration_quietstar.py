@@ -106,7 +106,8 @@ class QuietStarConfigMixin:
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.attention_impl == "dense":  # the explicit-mask implementation of quietstar 0.1, now only a test oracle
-            logger.warning("%s.attention_impl 'dense' is no longer an option; using 'torch' (same results)", type(self).__name__)
+            message = "%s.attention_impl 'dense' is no longer an option; using 'torch' (same results)"
+            logger.warning(message, type(self).__name__)
             self.attention_impl = "torch"
         self.validate_quietstar_fields()
         self.refuse_unsupported_attention()
@@ -153,7 +154,8 @@ class QuietStarConfigMixin:
         for field in ("start_thought_token_id", "end_thought_token_id"):
             token_id = getattr(self, field)
             if token_id is not None and not 0 <= token_id < self.vocab_size:
-                raise ValueError(f"{name}.{field} must be a token id in [0, vocab_size={self.vocab_size}), got {token_id}")
+                vocab = f"[0, vocab_size={self.vocab_size})"
+                raise ValueError(f"{name}.{field} must be a token id in {vocab}, got {token_id}")
         if self.start_thought_token_id is not None and self.start_thought_token_id == self.end_thought_token_id:
             raise ValueError(f"{name}.start_thought_token_id and end_thought_token_id must differ")
 

@@ -291,8 +291,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> JobConfig
         key, sep, _ = override.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {override!r} must look like section.key=value")
-        value = OmegaConf.to_container(OmegaConf.from_dotlist([override]))
-        for part in key.split("."):
+        try:
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([override]))
+        except yaml.YAMLError as error:
+            reason = str(error).splitlines()[0]
+            raise ConfigError(f"override {override!r}: the value is not valid YAML ({reason})") from None
+        for part in key.split("."):  # from_dotlist nests the value under the parts of the key
             value = value[part]
         _apply(config, key, value, f"override {override!r}")
     try:
@@ -319,7 +323,7 @@ def _apply(config: DictConfig, key: str, value: Any, source: str) -> None:
                 raise ConfigError(f"{key} must be a mapping, got {value!r} ({source})")
             for child, child_value in value.items():
                 _apply(config, f"{key}.{child}" if key else str(child), child_value, source)
-        elif isinstance(node, ListConfig) and isinstance(value, list) and (item_type := _section_item_type(config, key)):
+        elif isinstance(node, ListConfig) and isinstance(value, list) and (item_type := _section_type(config, key)):
             OmegaConf.update(config, key, [OmegaConf.structured(item_type) for _ in value], merge=False)
             for i, item in enumerate(value):
                 _apply(config, f"{key}.{i}", item, source)
@@ -330,7 +334,8 @@ def _apply(config: DictConfig, key: str, value: Any, source: str) -> None:
         full_key = _dotted(error.full_key) or key
         if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
             suggestion = reason.partition("Did you mean: ")[2]
-            raise ConfigError(f"unknown config key {full_key!r} ({source}{'; did you mean ' + suggestion if suggestion else ''})") from None
+            hint = f"; did you mean {suggestion}" if suggestion else ""
+            raise ConfigError(f"unknown config key {full_key!r} ({source}{hint})") from None
         raise ConfigError(f"{full_key}: {reason} ({source})") from None
 
 
@@ -341,7 +346,8 @@ def _node(config: DictConfig, key: str) -> Any:
     for i, part in enumerate(parts):
         if isinstance(node, ListConfig):
             if not (part.isdigit() and int(part) < len(node)):
-                raise ConfigError(f"{'.'.join(parts[: i + 1])!r}: index {part!r} is not in a list of {len(node)} entries")
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"{where!r}: index {part!r} is not in a list of {len(node)} entries")
             node = node[int(part)]
         elif isinstance(node, DictConfig) and part in node and not OmegaConf.is_missing(node, part):
             node = node[part]
@@ -350,7 +356,7 @@ def _node(config: DictConfig, key: str) -> Any:
     return node
 
 
-def _section_item_type(config: DictConfig, key: str) -> type | None:
+def _section_type(config: DictConfig, key: str) -> type | None:
     """The dataclass of the items of the list field at `key` (`DataSourceConfig` for `data.sources`), else None."""
     parent_key, _, name = key.rpartition(".")
     parent_type = OmegaConf.get_type(_node(config, parent_key))
@@ -414,8 +420,9 @@ def validate(config: JobConfig) -> None:
         value = operator.attrgetter(key)(config)
         if value is not None and value < minimum:
             raise ConfigError(f"{key} must be >= {minimum}, got {value}")
-    for key, value in [*((f"data.sources.{i}.probability", s.probability) for i, s in enumerate(data.sources)),
-                       ("logging.peak_flops_per_device", config.logging.peak_flops_per_device)]:
+    positive = {f"data.sources.{i}.probability": source.probability for i, source in enumerate(data.sources)}
+    positive["logging.peak_flops_per_device"] = config.logging.peak_flops_per_device
+    for key, value in positive.items():
         if value is not None and not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
     for name in ("adam_beta1", "adam_beta2"):
