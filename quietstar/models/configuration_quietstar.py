@@ -83,8 +83,8 @@ class QuietStarConfigMixin:
             then generate with `thinking=False` at the base model's cost. 0 turns it off. At least 0.
     """
 
-    # Ranges are declared with transformers' field validators (those of its `@strict` configs); `validate_fields` runs
-    # them. Float fields take ints too, as YAML and JSON write `1` for `1.0`.
+    # Ranges are declared with transformers' field validators (those of its `@strict` configs); `validate_quietstar_fields`
+    # runs them. Float fields take ints too, as YAML and JSON write `1` for `1.0`.
     n_thought_tokens: int = interval(min=3)(default=11)
     n_ahead_talk: int = interval(min=1)(default=4)
     n_thoughts: int = interval(min=1)(default=2)
@@ -105,7 +105,7 @@ class QuietStarConfigMixin:
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.attention_impl == "dense":  # the explicit-mask implementation of quietstar 0.1, now only a test oracle
+        if self.attention_impl == "dense":  # quietstar 0.1's explicit-mask attention, same results
             message = "%s.attention_impl 'dense' is no longer an option; using 'torch' (same results)"
             logger.warning(message, type(self).__name__)
             self.attention_impl = "torch"
