@@ -83,8 +83,8 @@ class QuietStarConfigMixin:
             then generate with `thinking=False` at the base model's cost. 0 turns it off. At least 0.
     """
 
-    # Ranges are declared with transformers' field validators (those of its `@strict` configs); `validate_quietstar_fields`
-    # runs them. Float fields take ints too, as YAML and JSON write `1` for `1.0`.
+    # Ranges are declared with transformers' field validators (those of its `@strict` configs), run by
+    # `validate_quietstar_fields`. Float fields take ints too, as YAML and JSON write `1` for `1.0`.
     n_thought_tokens: int = interval(min=3)(default=11)
     n_ahead_talk: int = interval(min=1)(default=4)
     n_thoughts: int = interval(min=1)(default=2)
