@@ -1,5 +1,8 @@
 """QuietStarConfig defaults and validation, and clear errors for bad model inputs."""
 
+import json
+import logging
+
 import pytest
 import torch
 from tiny import TINY_VOCAB, tiny_config, tiny_model
@@ -19,7 +22,7 @@ def test_defaults_are_the_reference_settings():
 
 
 def test_config_round_trips_through_json(tmp_path):
-    config = tiny_config(n_thought_tokens=7, reinforce_temperature=2.0, thinking=False, attention_impl="dense")
+    config = tiny_config(n_thought_tokens=7, reinforce_temperature=2.0, thinking=False, attention_impl="triton")
     config.save_pretrained(tmp_path)
     loaded = QuietStarConfig.from_pretrained(tmp_path)
     for field in ("n_thought_tokens", "reinforce_temperature", "thinking", "attention_impl", "start_thought_token_id"):
@@ -48,6 +51,19 @@ def test_config_round_trips_through_json(tmp_path):
 def test_invalid_config_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"QuietStarConfig.{field}"):
         tiny_config(**{field: value})
+
+
+def test_a_saved_dense_attention_loads_as_torch_with_one_warning(tmp_path, caplog):
+    # quietstar 0.1 offered attention_impl="dense" (the explicit-mask oracle); its configs still load.
+    config = tiny_config(n_thought_tokens=5)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "attention_impl": "dense"}))
+    with caplog.at_level(logging.WARNING):
+        loaded = QuietStarConfig.from_pretrained(tmp_path)
+    assert (loaded.attention_impl, loaded.n_thought_tokens) == ("torch", 5)
+    warnings = [r.getMessage() for r in caplog.records if "attention_impl" in r.getMessage()]
+    assert warnings == ["QuietStarConfig.attention_impl 'dense' is no longer an option; using 'torch' (same results)"]
 
 
 def test_equal_meta_token_ids_are_rejected():

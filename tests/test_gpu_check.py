@@ -124,7 +124,7 @@ def test_stage_commands_are_accepted_by_the_scripts_they_run(check, tmp_path, mo
     monkeypatch.chdir(REPO)  # the stages run from the repository root
     torchrun = stages["fsdp_nccl"].command
     assert torchrun[1:4] == ["-m", "torch.distributed.run", "--standalone"]
-    train = load_script(REPO / "train.py", "train_for_gpu_check")
+    from quietstar.training import loop as train
     config, overwrite, _ = train.parse_args(torchrun[torchrun.index("train.py") + 1:])
     assert config.train.device == "cuda" and config.train.param_dtype == "bfloat16" and not overwrite
     assert config.model.quietstar["attention_impl"] == "triton" and config.train.activation_checkpointing

@@ -1,11 +1,11 @@
 """Output directories are never reused by accident, and `metrics.jsonl` holds every step once after a resume."""
 
+import importlib
 import json
 from pathlib import Path
 
 import pytest
 import yaml
-from scripts import load_script
 from tiny_checkpoint import save_tiny_base_checkpoint
 
 from quietstar.training import metrics as metrics_module
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _train_module():
-    return load_script(REPO / "train.py", "train_entry")
+    return importlib.import_module("quietstar.training.loop")
 
 
 def _fake_run(directory: Path) -> None:

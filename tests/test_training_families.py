@@ -142,7 +142,7 @@ def test_a_checkpoint_of_an_unsupported_family_is_refused_in_one_line(tmp_path):
 
 def test_quietstar_field_errors_name_the_config_class_of_the_family_in_use(tmp_path):
     base = save_tiny_base_checkpoint(tmp_path / "llama")
-    message = r"^model\.quietstar/model\.architecture: {}\.n_thought_tokens must be an integer >= 3, got 2$"
+    message = r"^model\.quietstar/model\.architecture: {}\.n_thought_tokens: Value must be greater or equal to 3, got 2\.$"
     too_short = "model.quietstar.n_thought_tokens=2"
     # A local Llama checkpoint: its family is read from its config.json while the config is checked.
     with pytest.raises(ConfigError, match=message.format("QuietStarLlamaConfig")):

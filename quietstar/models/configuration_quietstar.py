@@ -5,9 +5,15 @@ Each family's configuration (`QuietStarConfig` for Mistral, `QuietStarLlamaConfi
 the family's fields and all of the fields below.
 """
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "torch", "triton")
+from huggingface_hub.dataclasses import type_validator
+from transformers.utils import logging
+from transformers.utils.type_validators import interval, probability
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass(repr=False, kw_only=True)
@@ -55,9 +61,9 @@ class QuietStarConfigMixin:
             Whether the model thinks. With `False` it is exactly the base model of its family. Can be overridden per call
             with `model(..., thinking=...)`.
         attention_impl (`str`, defaults to `"auto"`):
-            Attention of the thought passes: `"dense"` (explicit mask over the concatenated keys; the test oracle),
-            `"torch"` (causal scores plus per-position thought scores, one softmax; exact and memory-lean),
-            `"triton"` (fused kernel) or `"auto"` (triton on CUDA, torch otherwise).
+            Attention of the thought passes: `"torch"` (causal scores plus per-position thought scores, one softmax;
+            exact and memory-lean), `"triton"` (fused kernel) or `"auto"` (triton on CUDA, torch otherwise). A
+            config saved with the former `"dense"` loads as `"torch"`.
         lm_head_chunk_size (`int`, defaults to 1024):
             Rows (positions x thought copies) whose vocabulary-sized logits are materialised at once when thinking:
             thought sampling, its REINFORCE log-probability and the NLLs of the loss run over the rows in chunks of
@@ -77,26 +83,32 @@ class QuietStarConfigMixin:
             then generate with `thinking=False` at the base model's cost. 0 turns it off. At least 0.
     """
 
-    n_thought_tokens: int = 11
-    n_ahead_talk: int = 4
-    n_thoughts: int = 2
-    thought_temperature: float = 1.0
-    inference_thought_temperature: float = 0.0
-    reinforce_temperature: float = 3.0
-    policy_loss_weight: float = 1e6
-    base_loss_weight: float = 0.5
-    meta_embedding_scale: float = 100.0
+    # Ranges are declared with transformers' field validators (those of its `@strict` configs), run by
+    # `validate_quietstar_fields`. Float fields take ints too, as YAML and JSON write `1` for `1.0`.
+    n_thought_tokens: int = interval(min=3)(default=11)
+    n_ahead_talk: int = interval(min=1)(default=4)
+    n_thoughts: int = interval(min=1)(default=2)
+    thought_temperature: float | int = interval(min=0, exclude_min=True)(default=1.0)
+    inference_thought_temperature: float | int = interval(min=0)(default=0.0)
+    reinforce_temperature: float | int = interval(min=0, exclude_min=True)(default=3.0)
+    policy_loss_weight: float | int = interval(min=0)(default=1e6)
+    base_loss_weight: float | int = probability(default=0.5)
+    meta_embedding_scale: float | int = interval(min=0, exclude_min=True)(default=100.0)
     clip_negative_rewards: bool = True
     start_thought_token_id: int | None = None
     end_thought_token_id: int | None = None
     thinking: bool = True
-    attention_impl: str = "auto"
-    lm_head_chunk_size: int = 1024
-    think_threshold: float = 0.0
-    distill_loss_weight: float = 0.0
+    attention_impl: Literal["auto", "torch", "triton"] = "auto"
+    lm_head_chunk_size: int = interval(min=1)(default=1024)
+    think_threshold: float | int = interval(min=0)(default=0.0)
+    distill_loss_weight: float | int = interval(min=0)(default=0.0)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if self.attention_impl == "dense":  # quietstar 0.1's explicit-mask attention, same results
+            message = "%s.attention_impl 'dense' is no longer an option; using 'torch' (same results)"
+            logger.warning(message, type(self).__name__)
+            self.attention_impl = "torch"
         self.validate_quietstar_fields()
         self.refuse_unsupported_attention()
 
@@ -123,51 +135,29 @@ class QuietStarConfigMixin:
             raise ValueError(f"{name}: attention sinks are not supported by Quiet-STaR")
 
     def validate_quietstar_fields(self) -> None:
-        """Raise a `ValueError` naming the first Quiet-STaR field whose value is invalid."""
-        _require_int(self, "n_thought_tokens", minimum=3)
-        _require_int(self, "n_ahead_talk", minimum=1)
-        _require_int(self, "n_thoughts", minimum=1)
-        _require_int(self, "lm_head_chunk_size", minimum=1)
-        for name in ("thought_temperature", "reinforce_temperature", "meta_embedding_scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{type(self).__name__}.{name} must be a number > 0, got {value!r}")
-        if isinstance(self.inference_thought_temperature, bool) or not isinstance(
-            self.inference_thought_temperature, (int, float)
-        ) or not self.inference_thought_temperature >= 0:
-            raise ValueError(
-                f"{type(self).__name__}.inference_thought_temperature must be a number >= 0, "
-                f"got {self.inference_thought_temperature!r}"
-            )
-        if isinstance(self.policy_loss_weight, bool) or not isinstance(self.policy_loss_weight, (int, float)) or (
-            not self.policy_loss_weight >= 0
-        ):
-            raise ValueError(f"{type(self).__name__}.policy_loss_weight must be a number >= 0, got {self.policy_loss_weight!r}")
-        for name in ("think_threshold", "distill_loss_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{type(self).__name__}.{name} must be a number >= 0, got {value!r}")
-        if isinstance(self.base_loss_weight, bool) or not isinstance(self.base_loss_weight, (int, float)) or not (
-            0 <= self.base_loss_weight <= 1
-        ):
-            raise ValueError(f"{type(self).__name__}.base_loss_weight must be in [0, 1], got {self.base_loss_weight!r}")
-        for name in ("clip_negative_rewards", "thinking"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{type(self).__name__}.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"{type(self).__name__}.attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention_impl!r}"
-            )
-        for name in ("start_thought_token_id", "end_thought_token_id"):
-            token_id = getattr(self, name)
-            if token_id is None:
-                continue
-            if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
-                raise ValueError(
-                    f"{type(self).__name__}.{name} must be a token id in [0, vocab_size={self.vocab_size}), got {token_id!r}"
-                )
+        """Raise a `ValueError` naming the first Quiet-STaR field (as `QuietStarLlamaConfig.n_thoughts`) whose value
+        has the wrong type or lies outside its declared range, or a meta token id outside the vocabulary.
+
+        The checks are those `@strict` runs, called here because `@strict` raises its own error type without the
+        config class; the token ids depend on `vocab_size`, which no field validator sees."""
+        name = type(self).__name__
+        for field in dataclasses.fields(QuietStarConfigMixin):
+            value = getattr(self, field.name)
+            try:
+                type_validator(f"{name}.{field.name}", value, field.type)
+                for validator in field.metadata.get("validator", ()):
+                    validator(value)
+            except TypeError as error:
+                raise ValueError(str(error)) from None
+            except ValueError as error:
+                raise ValueError(f"{name}.{field.name}: {error}") from None
+        for field in ("start_thought_token_id", "end_thought_token_id"):
+            token_id = getattr(self, field)
+            if token_id is not None and not 0 <= token_id < self.vocab_size:
+                vocab = f"[0, vocab_size={self.vocab_size})"
+                raise ValueError(f"{name}.{field} must be a token id in {vocab}, got {token_id}")
         if self.start_thought_token_id is not None and self.start_thought_token_id == self.end_thought_token_id:
-            raise ValueError(f"{type(self).__name__}.start_thought_token_id and end_thought_token_id must differ")
+            raise ValueError(f"{name}.start_thought_token_id and end_thought_token_id must differ")
 
     @property
     def n_sampled_thought_tokens(self) -> int:
@@ -175,10 +165,4 @@ class QuietStarConfigMixin:
         return self.n_thought_tokens - 2
 
 
-def _require_int(config: QuietStarConfigMixin, name: str, minimum: int) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {minimum}, got {value!r}")
-
-
-__all__ = ["ATTENTION_IMPLEMENTATIONS", "QuietStarConfigMixin"]
+__all__ = ["QuietStarConfigMixin"]

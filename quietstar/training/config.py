@@ -4,18 +4,25 @@ A config file mirrors `JobConfig`: top-level `output_dir` plus the sections `mod
 and `logging`. Overrides address any field by its dotted path (`--train.lr=2e-6`, `--data.sources.0.probability=0.3`,
 `--model.quietstar.n_thoughts=4`); values are parsed as YAML. An unknown key or a value of the wrong type or range
 raises `ConfigError` naming the key.
+
+The dataclasses are OmegaConf structured configs: OmegaConf reads the YAML, applies the overrides (list indices
+included) and checks keys and types against the dataclasses, which stay plain dataclasses for the rest of the code.
+We chose it over tyro, draccus or jsonargparse because it is the one of them that takes both a YAML file and
+`a.b.0.c=value` overrides without owning the command line, so `train.py` keeps its own flags and messages.
 """
 
 import dataclasses
 import json
+import operator
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from ..checkpoint_files import could_be_hub_id
 from ..families import FAMILIES, Family, family_of
@@ -25,17 +32,6 @@ from ..errors import UserError
 BUILTIN_MISTRAL_TOKENIZER = "builtin-mistral"
 INSTALLED_PACKAGE_PREFIX = "package:"
 SYNTHETIC_SOURCE = "synthetic"
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader reading exponent floats without a dot or sign (`1e-6`, `1.0e6`) as floats (YAML 1.2)."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+.0123456789"),
-)
 
 
 class ConfigError(UserError, ValueError):
@@ -279,22 +275,36 @@ class JobConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> JobConfig:
     """Read a YAML config (defaults of `JobConfig` where `path` is None), apply `key=value` overrides, validate."""
-    raw: dict[str, Any] = {}
+    config = OmegaConf.structured(JobConfig)
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        raw = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
+        try:
+            raw = OmegaConf.to_container(OmegaConf.load(path))
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+        _apply(config, "", raw, f"in {path}")
     for override in overrides:
-        key, sep, value = override.partition("=")
+        key, sep, _ = override.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {override!r} must look like section.key=value")
-        _set_dotted(raw, key.split("."), yaml.load(value, Loader=_YamlLoader))
-    config = _build(JobConfig, raw, "")
-    validate(config)
-    return config
+        try:
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([override]))
+        except yaml.YAMLError as error:
+            reason = str(error).splitlines()[0]
+            raise ConfigError(f"override {override!r}: the value is not valid YAML ({reason})") from None
+        for part in key.split("."):  # from_dotlist nests the value under the parts of the key
+            value = value[part]
+        _apply(config, key, value, f"override {override!r}")
+    try:
+        job = OmegaConf.to_object(config)
+    except MissingMandatoryValue as error:
+        raise ConfigError(f"{_dotted(error.full_key)} must be set") from None
+    validate(job)
+    return job
 
 
 def config_to_dict(config: JobConfig) -> dict[str, Any]:
@@ -302,89 +312,62 @@ def config_to_dict(config: JobConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def _set_dotted(tree: dict, keys: list[str], value: Any) -> None:
-    node: Any = tree
-    for depth, key in enumerate(keys[:-1]):
-        if isinstance(node, list):
-            node = node[_list_index(node, key, keys[: depth + 1])]
-        else:
-            node = node.setdefault(key, {})
-    if isinstance(node, list):
-        node[_list_index(node, keys[-1], keys)] = value
-    elif isinstance(node, dict):
-        node[keys[-1]] = value
-    else:
-        raise ConfigError(f"cannot override {'.'.join(keys)!r}: {'.'.join(keys[:-1])!r} is not a section")
-
-
-def _list_index(node: list, key: str, keys: list[str]) -> int:
-    if not key.isdigit() or int(key) >= len(node):
-        raise ConfigError(f"{'.'.join(keys)!r}: index {key!r} is not in a list of {len(node)} entries")
-    return int(key)
-
-
-def _build(cls: type, raw: Any, where: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"unknown config key {_join(where, key)!r} (known: {', '.join(sorted(known))})")
-    values = {name: _convert(hints[name], raw[name], _join(where, name)) for name in known if name in raw}
+def _apply(config: DictConfig, key: str, value: Any, source: str) -> None:
+    """Set the field at the dotted `key` ("" for the root) of `config` to `value`, raising `ConfigError` naming the
+    key. A mapping for a section is applied key by key and a list of sections item by item, so that OmegaConf checks
+    each value where it knows the value's full key; a mapping for a free-form field (`model.quietstar`) replaces it."""
+    node = _node(config, key)
     try:
-        return cls(**values)
-    except TypeError as error:  # a required field is missing
-        raise ConfigError(f"{where or 'config'}: {error}") from None
+        if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a mapping, got {value!r} ({source})")
+            for child, child_value in value.items():
+                _apply(config, f"{key}.{child}" if key else str(child), child_value, source)
+        elif isinstance(node, ListConfig) and isinstance(value, list) and (item_type := _section_type(config, key)):
+            OmegaConf.update(config, key, [OmegaConf.structured(item_type) for _ in value], merge=False)
+            for i, item in enumerate(value):
+                _apply(config, f"{key}.{i}", item, source)
+        else:
+            OmegaConf.update(config, key, value, merge=False)
+    except OmegaConfBaseException as error:
+        reason = str(error).splitlines()[0]
+        full_key = _dotted(error.full_key) or key
+        if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
+            suggestion = reason.partition("Did you mean: ")[2]
+            hint = f"; did you mean {suggestion}" if suggestion else ""
+            raise ConfigError(f"unknown config key {full_key!r} ({source}{hint})") from None
+        raise ConfigError(f"{full_key}: {reason} ({source})") from None
 
 
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+def _node(config: DictConfig, key: str) -> Any:
+    """The node at the dotted `key` of `config`, None where there is none (yet); a list index must exist (OmegaConf
+    would append past the end of a list)."""
+    node, parts = config, key.split(".") if key else []
+    for i, part in enumerate(parts):
+        if isinstance(node, ListConfig):
+            if not (part.isdigit() and int(part) < len(node)):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"{where!r}: index {part!r} is not in a list of {len(node)} entries")
+            node = node[int(part)]
+        elif isinstance(node, DictConfig) and part in node and not OmegaConf.is_missing(node, part):
+            node = node[part]
+        else:
             return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _convert(option, value, where)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[-1] if len(errors) == 1 else f"{where}: {value!r} matches none of {hint}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return [_convert(args[0], item, f"{where}.{i}") for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {hint!r} of config field {where}")
+    return node
 
 
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+def _section_type(config: DictConfig, key: str) -> type | None:
+    """The dataclass of the items of the list field at `key` (`DataSourceConfig` for `data.sources`), else None."""
+    parent_key, _, name = key.rpartition(".")
+    parent_type = OmegaConf.get_type(_node(config, parent_key))
+    hint = typing.get_type_hints(parent_type).get(name) if dataclasses.is_dataclass(parent_type) else None
+    args = typing.get_args(hint)
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
+
+
+def _dotted(full_key: Any) -> str:
+    """OmegaConf's `a.b[0].c` as the override syntax `a.b.0.c`."""
+    return re.sub(r"\[(\d+)\]", r".\1", str(full_key or ""))
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -433,45 +416,60 @@ def validate(config: JobConfig) -> None:
 
     if not data.sources:
         raise ConfigError("data.sources must list at least one source")
-    for i, source in enumerate(data.sources):
-        if not source.probability > 0:
-            raise ConfigError(f"data.sources.{i}.probability must be > 0, got {source.probability}")
-    _positive(data.seq_len, "data.seq_len", minimum=2)
-    _positive(data.shuffle_buffer, "data.shuffle_buffer", minimum=0)
-    _positive(data.synthetic.n_documents, "data.synthetic.n_documents")
-    _positive(data.synthetic.n_shards, "data.synthetic.n_shards")
-
-    _positive(train.max_steps, "train.max_steps")
-    _positive(train.global_batch_size, "train.global_batch_size")
-    if train.micro_batch_size is not None:
-        _positive(train.micro_batch_size, "train.micro_batch_size")
-        if train.global_batch_size % train.micro_batch_size:
-            raise ConfigError(
-                f"train.global_batch_size ({train.global_batch_size}) must be a multiple of train.micro_batch_size "
-                f"({train.micro_batch_size})"
-            )
-    for name in ("lr", "weight_decay", "adam_eps", "grad_clip"):
-        if getattr(train, name) < 0:
-            raise ConfigError(f"train.{name} must be >= 0, got {getattr(train, name)}")
+    for key, minimum in _MINIMUMS.items():
+        value = operator.attrgetter(key)(config)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+    positive = {f"data.sources.{i}.probability": source.probability for i, source in enumerate(data.sources)}
+    positive["logging.peak_flops_per_device"] = config.logging.peak_flops_per_device
+    for key, value in positive.items():
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
     for name in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(train, name) < 1:
             raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(train, name)}")
-    _positive(train.warmup_steps, "train.warmup_steps", minimum=0)
+    if train.micro_batch_size is not None and train.global_batch_size % train.micro_batch_size:
+        raise ConfigError(
+            f"train.global_batch_size ({train.global_batch_size}) must be a multiple of train.micro_batch_size "
+            f"({train.micro_batch_size})"
+        )
+    if train.trainable_parameters == []:
+        raise ConfigError("train.trainable_parameters must list at least one pattern (null trains every parameter)")
     for i, pattern in enumerate(train.trainable_parameters or []):
         try:
             re.compile(pattern)
         except re.error as error:
             raise ConfigError(f"train.trainable_parameters.{i} {pattern!r} is not a regular expression: {error}") from None
-    if train.trainable_parameters == []:
-        raise ConfigError("train.trainable_parameters must list at least one pattern (null trains every parameter)")
-    _validate_curriculum(train, data.seq_len)
+    for i, stage in enumerate(train.thought_curriculum):
+        key = f"train.thought_curriculum.{i}"
+        for name, minimum in (("step", 0), ("n_thought_tokens", 3), ("n_ahead_talk", 1)):
+            if getattr(stage, name) < minimum:
+                raise ConfigError(f"{key}.{name} must be >= {minimum}, got {getattr(stage, name)}")
+        if i and stage.step <= train.thought_curriculum[i - 1].step:
+            previous = train.thought_curriculum[i - 1].step
+            raise ConfigError(f"{key}.step must be greater than the previous stage's step ({previous}), got {stage.step}")
+        if stage.n_ahead_talk >= data.seq_len:
+            raise ConfigError(f"{key}.n_ahead_talk ({stage.n_ahead_talk}) must be below data.seq_len ({data.seq_len})")
 
-    _positive(config.checkpoint.interval, "checkpoint.interval", minimum=0)
-    _positive(config.checkpoint.keep_last, "checkpoint.keep_last")
-    _positive(config.logging.interval, "logging.interval")
-    peak = config.logging.peak_flops_per_device
-    if peak is not None and not peak > 0:
-        raise ConfigError(f"logging.peak_flops_per_device must be > 0, got {peak}")
+
+# The least value of each numeric field that has one (`validate`); None (where allowed) is not checked.
+_MINIMUMS = {
+    "data.seq_len": 2,
+    "data.shuffle_buffer": 0,
+    "data.synthetic.n_documents": 1,
+    "data.synthetic.n_shards": 1,
+    "train.max_steps": 1,
+    "train.global_batch_size": 1,
+    "train.micro_batch_size": 1,
+    "train.lr": 0,
+    "train.weight_decay": 0,
+    "train.adam_eps": 0,
+    "train.grad_clip": 0,
+    "train.warmup_steps": 0,
+    "checkpoint.interval": 0,
+    "checkpoint.keep_last": 1,
+    "logging.interval": 1,
+}
 
 
 def check_model_fields(model: ModelConfig, family: Family) -> None:
@@ -495,25 +493,6 @@ def _local_checkpoint_family(name_or_path: str) -> Family | None:
         return family_of(str(model_type), f"model.name_or_path {name_or_path}")
     except ValueError as error:
         raise ConfigError(str(error)) from None
-
-
-def _validate_curriculum(train: TrainConfig, seq_len: int) -> None:
-    previous = None
-    for i, stage in enumerate(train.thought_curriculum):
-        key = f"train.thought_curriculum.{i}"
-        _positive(stage.step, f"{key}.step", minimum=0)
-        if previous is not None and stage.step <= previous:
-            raise ConfigError(f"{key}.step must be greater than the previous stage's step ({previous}), got {stage.step}")
-        _positive(stage.n_thought_tokens, f"{key}.n_thought_tokens", minimum=3)
-        _positive(stage.n_ahead_talk, f"{key}.n_ahead_talk")
-        if stage.n_ahead_talk >= seq_len:
-            raise ConfigError(f"{key}.n_ahead_talk ({stage.n_ahead_talk}) must be below data.seq_len ({seq_len})")
-        previous = stage.step
-
-
-def _positive(value: int, key: str, minimum: int = 1) -> None:
-    if value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
 
 
 def batch_layout(train: TrainConfig, world_size: int) -> tuple[int, int]:
