@@ -24,9 +24,8 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from quietstar.training.data import PackedTokenStream, synthetic_corpus_files
-from quietstar.checkpoint_files import CheckpointError
+from quietstar.errors import UserError
 from quietstar.training.checkpoint import (
-    TrainingCheckpointError,
     export_hf,
     latest_checkpoint,
     load_checkpoint,
@@ -49,14 +48,14 @@ from quietstar.training.model import load_tokenizer, setup_model
 from quietstar.training.optim import build_optimizer, build_scheduler
 from quietstar.training.parallel import World, init_world, shutdown
 from quietstar.training.resume import Resumption, check_resume, finished_message, record_config_changes
-from quietstar.training.run_directory import RunDirectoryError, check_output_dir, clear_generated_corpus, clear_run
+from quietstar.training.run_directory import check_output_dir, clear_generated_corpus, clear_run
 from quietstar.training.step import train_step
 
 logger = logging.getLogger("quietstar.train")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 # Errors in what the user asked for (config, command line, output directory, data, a checkpoint, a full disk):
 # reported as one line by rank 0, without a traceback.
-USER_ERRORS = (ConfigError, RunDirectoryError, TrainingCheckpointError, CheckpointError)
+USER_ERRORS = (UserError,)
 
 
 def parse_args(argv: list[str] | None) -> tuple[JobConfig, bool, bool]:

@@ -16,7 +16,7 @@ from .errors import UserError
 _CHUNK_BYTES = 1 << 20
 
 
-class CheckpointError(UserError, ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be loaded: missing, not a checkpoint directory, or with a damaged weights file."""
 
 

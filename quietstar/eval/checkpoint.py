@@ -19,8 +19,9 @@ class NotQuietStarCheckpointError(CheckpointError):
 def resolve_checkpoint(checkpoint: str | Path) -> str:
     """The absolute path of the local checkpoint directory `checkpoint`, or `checkpoint` itself for a hub id.
 
-    Raises `CheckpointError` when `checkpoint` is no directory and cannot be a hub id ("no such directory"), is a
-    file, is a directory without `config.json`, or has a truncated or damaged `model.safetensors` (or shard).
+    Raises `CheckpointError` when `checkpoint` is no directory and cannot be a hub id ("no such checkpoint
+    directory"), is a file, is a directory without `config.json`, or has a truncated or damaged `model.safetensors`
+    (or shard).
     """
     path = Path(checkpoint).expanduser()
     if path.is_dir():
@@ -31,7 +32,7 @@ def resolve_checkpoint(checkpoint: str | Path) -> str:
     if path.exists():
         raise CheckpointError(f"{path.resolve()} is a file, not a checkpoint directory")
     if not could_be_hub_id(str(checkpoint)):
-        raise CheckpointError(f"no such directory: {path.absolute()}")
+        raise CheckpointError(f"no such checkpoint directory: {path.absolute()}")
     return str(checkpoint)
 
 
@@ -76,5 +77,5 @@ def _load_error(source: str, error: Exception) -> CheckpointError:
     if Path(source).is_dir():
         return CheckpointError(f"cannot load the checkpoint {source}: {reason}")
     return CheckpointError(
-        f"no such directory: {Path(source).absolute()}, and no hub model {source!r} could be loaded: {reason}"
+        f"no such checkpoint directory: {Path(source).absolute()}, and no hub model {source!r} could be loaded: {reason}"
     )

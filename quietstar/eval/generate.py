@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from ..checkpoint_files import CheckpointError
+from ..errors import report_user_errors
 from .inspector import decode_after
 
 
@@ -92,13 +92,11 @@ def main(argv=None) -> ThinkingGeneration:
         parser.error("--max-new-tokens must be >= 1")
     if args.thought_temperature < 0:
         parser.error("--thought-temperature must be >= 0")
-    try:
+    with report_user_errors(parser.prog):
         model, tokenizer = load_checkpoint(
             resolve_checkpoint(args.checkpoint), args.device, args.dtype,
             inference_thought_temperature=args.thought_temperature,
         )
-    except CheckpointError as error:
-        raise SystemExit(f"error: checkpoint: {error}") from None
     torch.manual_seed(args.seed)
     result = generate_with_and_without_thinking(model, tokenizer, args.prompt, args.max_new_tokens)
     print(format_generation(result))

@@ -40,10 +40,6 @@ logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
-class TrainingCheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be written or resumed; the message names the directory and what is wrong."""
-
-
 def checkpoints_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
@@ -117,7 +113,7 @@ def _is_no_space(error: BaseException) -> bool:
 @contextlib.contextmanager
 def removed_on_write_error(tmp: Path, destination: Path, world: World):
     """Delete the partial directory `tmp` (rank 0) as soon as writing it fails with an OS error; "no space left on
-    device" becomes a `TrainingCheckpointError` naming `destination` and `tmp`.
+    device" becomes a `UserError` naming `destination` and `tmp`.
 
     Every rank must see the failure: DCP raises one rank's write error on all ranks, `export_hf` shares rank 0's.
     """
@@ -127,7 +123,7 @@ def removed_on_write_error(tmp: Path, destination: Path, world: World):
         if world.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         if _is_no_space(error):
-            raise TrainingCheckpointError(
+            raise UserError(
                 f"no space left on device while writing {destination} (the partial {tmp} was removed); free space "
                 "and continue with --resume"
             ) from error
@@ -192,7 +188,7 @@ def save_checkpoint(
 ) -> Path:
     """Write the resumable state and an HF export for `step` (collective), then keep the `keep_last` newest.
 
-    Raises `TrainingCheckpointError` when the disk is full (the partial checkpoint is removed, earlier ones are
+    Raises `UserError` when the disk is full (the partial checkpoint is removed, earlier ones are
     kept)."""
     root = checkpoints_dir(output_dir)
     final = root / f"step_{step:08d}"
@@ -234,7 +230,7 @@ def load_checkpoint(
         dcp.load(state, checkpoint_id=directory / "state", no_dist=not world.distributed)
     trainer = json.loads(state["trainer"])
     if trainer["world_size"] != world.world_size:
-        raise TrainingCheckpointError(
+        raise UserError(
             f"{directory} was written by {trainer['world_size']} ranks; resume with the same world size "
             f"(now {world.world_size}): each rank's data position is its own"
         )
