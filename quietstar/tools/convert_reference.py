@@ -32,8 +32,8 @@ What the conversion does:
   is refused.
 - Generation config: suppresses the two meta tokens.
 
-The result is written to a temporary directory next to DST (created with the usual permissions, umask applied)
-and renamed to DST at the end, so a failure leaves nothing at DST.
+The result is written to a staging directory next to DST and renamed to DST at the end (`quietstar.atomic_files`),
+so a failure leaves DST as it was (absent, or the old DST when overwriting).
 
 Usage: `python -m quietstar.tools.convert_reference SRC DST [--n-thought-tokens 7] [--overwrite]`.
 """
@@ -41,14 +41,13 @@ Usage: `python -m quietstar.tools.convert_reference SRC DST [--n-thought-tokens 
 import argparse
 import json
 import logging
-import secrets
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
+from ..atomic_files import atomic_directory
 from ..models.configuration_quietstar_mistral import QuietStarConfig
 from ..checkpoint_files import check_safetensors_file
 from ..meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT
@@ -130,17 +129,10 @@ def convert_reference_checkpoint(
     model.config.dtype = model.lm_head.weight.dtype
     model.generation_config = _generation_config(src, config)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = dst.parent / f".{dst.name}.converting-{secrets.token_hex(4)}"
-    staging.mkdir()  # mode 0o777 minus the umask, like any new directory (mkdtemp would give 0o700)
-    try:
+    with atomic_directory(dst) as staging:
         model.save_pretrained(staging)
         converted_tokenizer = _save_renamed_tokenizer(tokenizer, staging, meta_ids)
         _check_token_ids(converted_tokenizer, src)
-        _replace_directory(staging, dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("converted %s -> %s (n_thought_tokens=%d, meta token ids %s)", src, dst, n_thought_tokens, meta_ids)
     return dst
 
@@ -375,27 +367,6 @@ def _rename_strings(value, renames: dict[str, str]):
     if isinstance(value, dict):
         return {renames.get(key, key): _rename_strings(item, renames) for key, item in value.items()}
     return value
-
-
-# ---------------------------------------------------------------------------------------------------- directory
-
-
-def _replace_directory(staging: Path, dst: Path) -> None:
-    """Move the finished `staging` directory to `dst`, replacing an existing `dst` only after `staging` is done."""
-    if not dst.exists():
-        staging.rename(dst)
-        return
-    old = Path(f"{staging}.replaced")
-    dst.rename(old)
-    try:
-        staging.rename(dst)
-    except BaseException:
-        old.rename(dst)
-        raise
-    if old.is_dir():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI

@@ -6,9 +6,9 @@ Layout under `<output_dir>/checkpoints/`:
                            and RNG states
     step_00000050/hf/      the model in HF format (safetensors, config, generation config, tokenizer)
 
-A checkpoint is written into `.tmp-step_NNNNNNNN/` and renamed when every rank has finished, so only complete
-checkpoints carry a `step_` name; a run killed while writing leaves a `.tmp-` directory that is ignored and removed
-by the next save. A write that fails with an OS error (a full disk) removes its `.tmp-` directory at once.
+A checkpoint is written into `.tmp-step_NNNNNNNN/` and renamed when every rank has finished
+(`quietstar.atomic_files`), so only complete checkpoints carry a `step_` name; a run killed while writing leaves a
+`.tmp-` directory that is ignored and removed by the next save. A write that fails with an OS error (a full disk) removes its `.tmp-` directory at once.
 """
 
 import contextlib
@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from transformers import PreTrainedTokenizerBase
 
+from ..atomic_files import replace_directory, staging_path
 from ..families import family_of
 from .parallel import DTYPES, World
 from ..errors import UserError
@@ -130,17 +131,6 @@ def removed_on_write_error(tmp: Path, destination: Path, world: World):
         raise
 
 
-def replace_directory(tmp: Path, final: Path) -> None:
-    """Move the complete directory `tmp` to `final`. An existing `final` is moved aside first and deleted only
-    after the rename, so at every moment a complete copy exists under `final` or under its `.old-` name."""
-    old = final.with_name(f".old-{final.name}")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_hf(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -192,7 +182,7 @@ def save_checkpoint(
     kept)."""
     root = checkpoints_dir(output_dir)
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-{final.name}"
+    tmp = staging_path(final)
     if world.is_main:
         for stale in root.glob(".tmp-step_*"):
             shutil.rmtree(stale)
