@@ -16,6 +16,7 @@ from pathlib import Path
 
 import quietstar
 
+from ..devices import DTYPES
 from ..errors import report_user_errors
 from .checkpoint import NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
 from .scoring import LOCAL_FORMATS, TASKS, EvalSettings, evaluate_task, load_examples, local_data_file
@@ -57,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     parser.add_argument("--output", type=Path, default=Path("eval_results.json"), help="report file (default eval_results.json)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_length < 2 or (args.limit is not None and args.limit < 1):

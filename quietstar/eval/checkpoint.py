@@ -2,14 +2,11 @@
 
 from pathlib import Path
 
-import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..checkpoint_files import CheckpointError, check_weight_files, could_be_hub_id
+from ..devices import resolve_device, resolve_dtype
 from ..models.configuration_quietstar import QuietStarConfigMixin
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 class NotQuietStarCheckpointError(CheckpointError):
     """A checkpoint of a plain causal LM (a base model) where thinking needs a Quiet-STaR one; the message names the
@@ -41,18 +38,15 @@ def load_checkpoint(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load `checkpoint` (a directory or hub id with a tokenizer) in eval mode.
 
-    `device` "auto" picks CUDA when available; `dtype` "auto" is bfloat16 on CUDA and float32 elsewhere.
+    `device` "auto" picks CUDA when available; `dtype` "auto" is bfloat16 on CUDA and float32 elsewhere (a
+    `UserError` for a device or dtype that cannot be used).
     `config_overrides` set Quiet-STaR config fields (for example `inference_thought_temperature=1.0`). A checkpoint of
     a plain causal LM (a base model, no Quiet-STaR config) raises `NotQuietStarCheckpointError` unless `plain` allows
     it; it is then loaded as its plain transformers class, without `config_overrides`. Raises `CheckpointError` (see
     `resolve_checkpoint`) naming the directory or file when the checkpoint cannot be loaded.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     source = resolve_checkpoint(checkpoint)
     try:
         config = AutoConfig.from_pretrained(source)  # ValueError: a model_type transformers does not know
@@ -65,11 +59,11 @@ def load_checkpoint(
             )
         config_overrides = {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **config_overrides)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **config_overrides)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as error:
         raise _load_error(source, error) from error
-    return model.to(device).eval(), tokenizer
+    return model.to(torch_device).eval(), tokenizer
 
 
 def _load_error(source: str, error: Exception) -> CheckpointError:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
+from ..devices import DTYPES
 from ..errors import report_user_errors
 from .inspector import decode_after
 
@@ -86,7 +87,7 @@ def main(argv=None) -> ThinkingGeneration:
     parser.add_argument("--thought-temperature", type=float, default=0.0, help="0 = greedy thoughts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
         parser.error("--max-new-tokens must be >= 1")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import DTYPES, NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
+from ..devices import DTYPES
+from .checkpoint import NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
 from ..errors import report_user_errors
 from ..models.loss import look_ahead_scores
 

@@ -33,7 +33,8 @@ from transformers import PreTrainedTokenizerBase
 
 from ..atomic_files import replace_directory, staging_path
 from ..families import family_of
-from .parallel import DTYPES, World
+from ..devices import DTYPES
+from .parallel import World
 from ..errors import UserError
 
 logger = logging.getLogger(__name__)
