@@ -8,6 +8,7 @@ from ..checkpoint_files import CheckpointError, check_weight_files, could_be_hub
 from ..devices import resolve_device, resolve_dtype
 from ..models.configuration_quietstar import QuietStarConfigMixin
 
+
 class NotQuietStarCheckpointError(CheckpointError):
     """A checkpoint of a plain causal LM (a base model) where thinking needs a Quiet-STaR one; the message names the
     checkpoint and its `model_type`."""
@@ -71,5 +72,6 @@ def _load_error(source: str, error: Exception) -> CheckpointError:
     if Path(source).is_dir():
         return CheckpointError(f"cannot load the checkpoint {source}: {reason}")
     return CheckpointError(
-        f"no such checkpoint directory: {Path(source).absolute()}, and no hub model {source!r} could be loaded: {reason}"
+        f"no such checkpoint directory: {Path(source).absolute()}, and no hub model {source!r} could be loaded: "
+        f"{reason}"
     )

@@ -104,9 +104,9 @@ def convert_reference_checkpoint(
     """Convert the reference checkpoint directory `src` into a quietstar checkpoint at `dst`; return `dst`.
 
     `n_thought_tokens` counts the start and end meta tokens (the reference's `n_ahead` minus 1; 7 for the released
-    "8-ahead" model). Raises `UserError` naming what is missing or malformed when `src` is not
-    in the reference layout, and when `dst` is `src` or exists and `overwrite` is false. Nothing is written at `dst`
-    unless the whole conversion succeeds.
+    "8-ahead" model). Raises `UserError` naming what is missing or malformed when `src` is not in the reference
+    layout, and when `dst` is `src` or exists and `overwrite` is false. Nothing is written at `dst` unless the whole
+    conversion succeeds.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():

@@ -8,7 +8,8 @@ Layout under `<output_dir>/checkpoints/`:
 
 A checkpoint is written into `.tmp-step_NNNNNNNN/` and renamed when every rank has finished
 (`quietstar.atomic_files`), so only complete checkpoints carry a `step_` name; a run killed while writing leaves a
-`.tmp-` directory that is ignored and removed by the next save. A write that fails with an OS error (a full disk) removes its `.tmp-` directory at once.
+`.tmp-` directory that is ignored and removed by the next save. A write that fails with an OS error (a full disk)
+removes its `.tmp-` directory at once.
 """
 
 import contextlib
