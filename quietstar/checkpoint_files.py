@@ -1,22 +1,24 @@
 """Checks that name the file and the place of a problem: invalid UTF-8, invalid JSON lines, truncated safetensors.
 
 The data and evaluation loaders call the text checks only after reading failed, to turn an error that names neither
-file nor line into one that does; the checkpoint loaders call `check_safetensors_file` before loading weights.
+file nor line into one that does; the checkpoint loaders call `check_safetensors_file` (`safetensors.safe_open`
+with an error that names the file) before loading weights.
 """
 
 import codecs
 import json
-import struct
 from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
+
 from .errors import UserError
 
 _CHUNK_BYTES = 1 << 20
 
 
-class CheckpointError(UserError, ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be loaded: missing, not a checkpoint directory, or with a damaged weights file."""
 
 
@@ -78,39 +80,15 @@ def text_file_problem(path: str | Path, json_lines: bool) -> str | None:
 
 
 def check_safetensors_file(path: str | Path) -> None:
-    """Raise `CheckpointError` naming `path` when it is not a complete safetensors file.
-
-    A safetensors file is an 8-byte little-endian header length N, N bytes of JSON header giving every tensor's
-    `data_offsets`, then the tensor bytes; the file must be exactly as long as the header says.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as file:
-        prefix = file.read(8)
-        if len(prefix) < 8:
-            raise CheckpointError(f"{path} is truncated: {size} bytes, too short for a safetensors header")
-        (header_bytes,) = struct.unpack("<Q", prefix)
-        if 8 + header_bytes > size:
-            raise CheckpointError(
-                f"{path} is truncated: its header needs {8 + header_bytes} bytes, the file has {size}"
-            )
-        try:
-            header = json.loads(file.read(header_bytes))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"{path} is not a safetensors file: unreadable header ({error})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a safetensors file: the header is not a JSON object")
+    """Raise `CheckpointError` naming `path` when `safetensors.safe_open` cannot open it: too short for a header,
+    a header that is not JSON or does not describe the tensors, or tensor data that does not cover the file exactly
+    (truncated or extended). The message is one line: the file, its size and safetensors' reason."""
     try:
-        data_bytes = max(
-            (int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"), default=0
-        )
-    except (KeyError, TypeError, IndexError, ValueError):
-        raise CheckpointError(f"{path} is not a safetensors file: a header entry lacks data_offsets") from None
-    expected = 8 + header_bytes + data_bytes
-    if size < expected:
-        raise CheckpointError(f"{path} is truncated: its header describes {expected} bytes, the file has {size}")
-    if size > expected:
-        raise CheckpointError(f"{path} is damaged: its header describes {expected} bytes, the file has {size}")
+        with safe_open(path, framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        reason = str(error).strip().splitlines()[0].removeprefix("Error while deserializing header: ")
+        raise CheckpointError(f"{path} is truncated or damaged ({Path(path).stat().st_size} bytes): {reason}") from None
 
 
 def check_weight_files(directory: str | Path) -> None:

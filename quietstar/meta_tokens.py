@@ -9,6 +9,14 @@ START_OF_THOUGHT = "<|startofthought|>"
 END_OF_THOUGHT = "<|endofthought|>"
 
 
+def add_thought_tokens_to_tokenizer(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """Add `<|startofthought|>` and `<|endofthought|>` to `tokenizer` as special tokens (nothing changes when it has
+    them); return their ids."""
+    tokenizer.add_special_tokens({"additional_special_tokens": [START_OF_THOUGHT, END_OF_THOUGHT]})
+    start_id, end_id = tokenizer.convert_tokens_to_ids([START_OF_THOUGHT, END_OF_THOUGHT])
+    return start_id, end_id
+
+
 @torch.no_grad()
 def add_thought_tokens(
     model: QuietStarModelMixin, tokenizer: PreTrainedTokenizerBase, init_text: str = "---"
@@ -22,8 +30,7 @@ def add_thought_tokens(
 
     Calling it again on a model and tokenizer that already have the tokens changes nothing.
     """
-    tokenizer.add_special_tokens({"additional_special_tokens": [START_OF_THOUGHT, END_OF_THOUGHT]})
-    start_id, end_id = tokenizer.convert_tokens_to_ids([START_OF_THOUGHT, END_OF_THOUGHT])
+    start_id, end_id = add_thought_tokens_to_tokenizer(tokenizer)
     config = model.config
     if (config.start_thought_token_id, config.end_thought_token_id) == (start_id, end_id):
         return start_id, end_id

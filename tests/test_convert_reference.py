@@ -22,7 +22,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, Mis
 
 import quietstar.tools.convert_reference as convert_module
 from quietstar import END_OF_THOUGHT, START_OF_THOUGHT, QuietStarConfig, QuietStarForCausalLM, load_mistral_tokenizer
-from quietstar.tools.convert_reference import ReferenceCheckpointError, convert_reference_checkpoint, main
+from quietstar.errors import UserError
+from quietstar.tools.convert_reference import convert_reference_checkpoint, main
 
 HIDDEN = 64
 VOCAB = 32002
@@ -221,7 +222,11 @@ def test_cli(tmp_path, reference_tensors, reference_tokenizer_dir, capsys):
 
     with pytest.raises(SystemExit) as exit_info:
         main([str(src), str(tmp_path / "converted")])
-    assert exit_info.value.code == 2 and "already exists" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"python -m quietstar.tools.convert_reference: error: DST {tmp_path / 'converted'} already exists; pass "
+        "overwrite=True (--overwrite) to replace it\n"
+    )
 
 
 def assert_nothing_written(tmp_path):
@@ -232,7 +237,7 @@ def assert_nothing_written(tmp_path):
 def test_missing_tensor(tmp_path, reference_tensors, reference_tokenizer_dir, name):
     tensors = {k: v for k, v in reference_tensors.items() if k != name}
     src = write_reference_checkpoint(tmp_path / "reference", tensors, reference_tokenizer_dir, "bin-sharded")
-    with pytest.raises(ReferenceCheckpointError, match=f"missing tensors: {name}"):
+    with pytest.raises(UserError, match=f"missing tensors: {name}"):
         convert_reference_checkpoint(src, tmp_path / "converted")
     assert_nothing_written(tmp_path)
 
@@ -240,7 +245,7 @@ def test_missing_tensor(tmp_path, reference_tensors, reference_tokenizer_dir, na
 def test_wrong_shape_and_unexpected_tensor(tmp_path, reference_tensors, reference_tokenizer_dir):
     tensors = dict(reference_tensors, start_embedding=torch.zeros(1, HIDDEN), think_head=torch.zeros(3))
     src = write_reference_checkpoint(tmp_path / "reference", tensors, reference_tokenizer_dir)
-    with pytest.raises(ReferenceCheckpointError) as error:
+    with pytest.raises(UserError) as error:
         convert_reference_checkpoint(src, tmp_path / "converted")
     assert f"start_embedding: expected (2, {HIDDEN}), got (1, {HIDDEN})" in str(error.value)
     assert "not in the reference layout: think_head" in str(error.value)
@@ -252,7 +257,7 @@ def test_missing_meta_tokens_in_tokenizer(tmp_path, reference_tensors):
     load_mistral_tokenizer().save_pretrained(plain_tokenizer_dir)
     src = write_reference_checkpoint(tmp_path / "reference", reference_tensors, plain_tokenizer_dir)
     shutil.rmtree(plain_tokenizer_dir)
-    with pytest.raises(ReferenceCheckpointError, match=r"lacks the reference's meta tokens.*<\|startthought\|>"):
+    with pytest.raises(UserError, match=r"lacks the reference's meta tokens.*<\|startthought\|>"):
         convert_reference_checkpoint(src, tmp_path / "converted")
     assert_nothing_written(tmp_path)
 
@@ -264,10 +269,10 @@ def test_unsupported_head_flag_and_not_mistral(tmp_path, reference_tensors, refe
         reference_tokenizer_dir,
         config_overrides={"use_weighted_talk_head": False},
     )
-    with pytest.raises(ReferenceCheckpointError, match="use_weighted_talk_head=False is not supported"):
+    with pytest.raises(UserError, match="use_weighted_talk_head=False is not supported"):
         convert_reference_checkpoint(src, tmp_path / "converted")
     (src / "config.json").write_text(json.dumps({**TINY_MISTRAL, **REFERENCE_EXTRA_FIELDS, "model_type": "llama"}))
-    with pytest.raises(ReferenceCheckpointError, match="model_type must be 'mistral'"):
+    with pytest.raises(UserError, match="model_type must be 'mistral'"):
         convert_reference_checkpoint(src, tmp_path / "converted")
     assert_nothing_written(tmp_path)
 
@@ -288,10 +293,10 @@ def test_existing_destination(tmp_path, reference_tensors, reference_tokenizer_d
     dst = tmp_path / "converted"
     dst.mkdir()
     (dst / "stale.txt").write_text("old")
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(UserError, match="already exists"):
         convert_reference_checkpoint(src, dst)
     assert (dst / "stale.txt").exists()
-    with pytest.raises(ValueError, match="must differ from SRC"):
+    with pytest.raises(UserError, match="must differ from SRC"):
         convert_reference_checkpoint(src, src, overwrite=True)
 
     convert_reference_checkpoint(src, dst, overwrite=True)
@@ -352,7 +357,7 @@ def test_tokenizer_with_other_ids_is_refused(tmp_path, reference_tensors, senten
     """What plain AutoTokenizer makes of a bare tokenizer.model beside a Mistral config ("Let" -> 8779) is refused."""
     src = write_reference_checkpoint(tmp_path / "reference", reference_tensors, sentencepiece_tokenizer_dir)
     monkeypatch.setattr(convert_module, "load_sentencepiece_tokenizer", AutoTokenizer.from_pretrained)
-    with pytest.raises(ReferenceCheckpointError) as error:
+    with pytest.raises(UserError) as error:
         convert_reference_checkpoint(src, tmp_path / "converted")
     assert f"the tokenizer of {src} does not give Mistral 7B v0.1's token ids" in str(error.value)
     assert "token 1 of 'Let x = 12." in str(error.value)
@@ -393,6 +398,6 @@ def test_truncated_weights_are_named(tmp_path, reference_tensors, reference_toke
     size = weights.stat().st_size
     with open(weights, "r+b") as file:
         file.truncate(size - 100)
-    with pytest.raises(ReferenceCheckpointError, match=rf"^{re.escape(str(weights))} is truncated: .* the file has {size - 100}$"):
+    with pytest.raises(UserError, match=rf"^{re.escape(str(weights))} is truncated or damaged \({size - 100} bytes\): [^\n]+$"):
         convert_reference_checkpoint(src, tmp_path / "converted")
     assert_nothing_written(tmp_path)

@@ -1,5 +1,7 @@
 """`quietstar.eval`: the paper's whitelist metric (checked against the reference's algorithm), data and CLI."""
 
+import contextlib
+import io
 import json
 import shutil
 
@@ -14,7 +16,7 @@ from quietstar.eval import EvalSettings, evaluate_task, load_examples, score_exa
 from quietstar.eval.__main__ import main as eval_main
 from quietstar.eval.__main__ import parse_args
 from quietstar.eval.checkpoint import load_checkpoint, resolve_checkpoint
-from quietstar.eval.scoring import EvalDataError
+from quietstar.errors import UserError
 from quietstar.checkpoint_files import CheckpointError
 
 GSM8K_ROWS = [
@@ -66,7 +68,7 @@ def test_prompts_follow_the_paper(fixtures):
     ]
     with pytest.raises(ValueError, match="unknown task"):
         load_examples("mmlu", str(files["csqa"]))
-    with pytest.raises(EvalDataError, match=r"lacks the field\(s\) \['answer'\]; a gsm8k file needs \"question\""):
+    with pytest.raises(UserError, match=r"lacks the field\(s\) \['answer'\]; a gsm8k file needs \"question\""):
         load_examples("gsm8k", str(files["csqa"]))
 
 
@@ -152,11 +154,14 @@ def test_cli_records_absolute_paths(fixtures, tmp_path, monkeypatch):
 
 
 def _cli_error(argv) -> str:
-    """The one line a failing `python -m quietstar.eval` run ends with (SystemExit carries it)."""
-    with pytest.raises(SystemExit) as exit_info:
+    """The one line a failing `python -m quietstar.eval` run writes to stderr before it exits with status 2, without
+    its `python -m quietstar.eval: ` prefix."""
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(stderr):
         eval_main(argv)
-    message = exit_info.value.code
-    assert isinstance(message, str) and "\n" not in message
+    assert exit_info.value.code == 2
+    prog, message = stderr.getvalue().splitlines()[-1].split(": ", 1)  # after any progress output of `datasets`
+    assert prog == "python -m quietstar.eval" and "\n" not in message
     return message
 
 
@@ -165,14 +170,14 @@ def test_cli_nonexistent_checkpoint_says_no_such_directory(fixtures, tmp_path, m
     monkeypatch.chdir(tmp_path)
     data = ["--tasks", "gsm8k", "--gsm8k", str(files["gsm8k"])]
     for missing in ("./outputs/tiny/final", str(tmp_path / "nope"), "outputs/tiny/final"):
-        assert _cli_error([missing, *data]) == f"error: checkpoint: no such directory: {tmp_path / missing}"
+        assert _cli_error([missing, *data]) == f"error: no such checkpoint directory: {tmp_path / missing}"
     (tmp_path / "not_a_checkpoint").mkdir()
     assert _cli_error(["not_a_checkpoint", *data]) == (
-        f"error: checkpoint: {tmp_path / 'not_a_checkpoint'} is not a checkpoint directory: it has no config.json"
+        f"error: {tmp_path / 'not_a_checkpoint'} is not a checkpoint directory: it has no config.json"
     )
     # A name that could be a hub id is tried on the hub (offline here) and the error says both things.
     assert resolve_checkpoint("someone/model") == "someone/model"
-    with pytest.raises(CheckpointError, match=r"^no such directory: .*someone/model, and no hub model 'someone/model'"):
+    with pytest.raises(CheckpointError, match=r"^no such checkpoint directory: .*someone/model, and no hub model 'someone/model'"):
         load_checkpoint("someone/model")
 
 
@@ -214,10 +219,10 @@ def test_truncated_weights_name_the_file(fixtures, tmp_path):
     size = weights.stat().st_size
     with open(weights, "r+b") as file:
         file.truncate(size // 2)
-    with pytest.raises(CheckpointError, match=rf"^{weights} is truncated: its header describes {size} bytes, the file has {size // 2}$"):
+    with pytest.raises(CheckpointError, match=rf"^{weights} is truncated or damaged \({size // 2} bytes\): incomplete metadata, file not fully covered$"):
         load_checkpoint(str(damaged))
     message = _cli_error([str(damaged), "--tasks", "gsm8k", "--gsm8k", str(files["gsm8k"])])
-    assert message == f"error: checkpoint: {weights} is truncated: its header describes {size} bytes, the file has {size // 2}"
+    assert message == f"error: {weights} is truncated or damaged ({size // 2} bytes): incomplete metadata, file not fully covered"
 
 
 def test_a_base_checkpoint_is_scored_as_it_is_in_base_mode(fixtures, tmp_path):
@@ -242,7 +247,7 @@ def test_a_base_checkpoint_is_scored_as_it_is_in_base_mode(fixtures, tmp_path):
             assert report["results"][task]["base"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (task, key)
 
     assert _cli_error([str(base), *data, "--output", str(output)]) == (
-        f"error: checkpoint: {base} is not a quietstar checkpoint: its config has model_type 'llama'; score it "
+        f"error: {base} is not a quietstar checkpoint: its config has model_type 'llama'; score it "
         "without thinking with --modes base"
     )
     plain, plain_tokenizer = load_checkpoint(str(base), plain=True)

@@ -34,6 +34,10 @@ def test_cli_prints_both_continuations_and_a_row_per_thinking_token(tmp_path, ca
     assert "<|startofthought|>" not in "\n".join(lines) and "<|endofthought|>" not in "\n".join(lines)
 
 
-def test_a_missing_checkpoint_is_one_line(tmp_path):
-    with pytest.raises(SystemExit, match=f"^error: checkpoint: no such directory: {tmp_path}/nothing$"):
+def test_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "nothing"), "--prompt", PROMPT])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"python -m quietstar.eval.generate: error: no such checkpoint directory: {tmp_path / 'nothing'}\n"
+    )

@@ -87,11 +87,13 @@ def test_readme_example_passes_a_real_newline():
     assert "\n" in text and "\\n" not in text
 
 
-def test_a_missing_checkpoint_is_one_line(tmp_path):
-    from quietstar.eval.inspector import main
-
-    with pytest.raises(SystemExit, match=r"^error: checkpoint: no such directory: .*nope$"):
+def test_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "nope"), "--text", "1 + 1 = 2"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"python -m quietstar.eval.inspector: error: no such checkpoint directory: {tmp_path / 'nope'}\n"
+    )
 
 
 def test_help_explains_every_argument_with_its_default(capsys, monkeypatch):
@@ -122,12 +124,14 @@ def test_help_explains_every_argument_with_its_default(capsys, monkeypatch):
         assert shown in entry and len(entry[len(name) :].strip()) > len(shown) + 10, entry  # help beyond the default
 
 
-def test_a_base_checkpoint_is_one_line(tmp_path):
+def test_a_base_checkpoint_is_one_line(tmp_path, capsys):
     base = save_tiny_base_checkpoint(tmp_path / "llama")
+    capsys.readouterr()  # the progress output of saving it
     with pytest.raises(SystemExit) as exit_info:
         main([str(base), "--text", "1 + 1 = 2", "--html", str(tmp_path / "thoughts.html")])
-    assert exit_info.value.code == (
-        f"error: checkpoint: {base} is not a quietstar checkpoint: its config has model_type 'llama', so it has no "
-        "thoughts to inspect"
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"python -m quietstar.eval.inspector: error: {base} is not a quietstar checkpoint: its config has model_type "
+        "'llama'; it has no thoughts to inspect\n"
     )
     assert not (tmp_path / "thoughts.html").exists()

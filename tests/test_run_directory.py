@@ -12,9 +12,9 @@ from quietstar.training import metrics as metrics_module
 from quietstar.training.config import config_to_dict, load_config
 from quietstar.training.metrics import truncate_metrics
 from quietstar.training.resume import ConfigChange, check_resume, config_changes, is_run_setting
+from quietstar.errors import UserError
 from quietstar.training.run_directory import (
     RUN_MARKERS,
-    RunDirectoryError,
     check_output_dir,
     clear_generated_corpus,
     clear_run,
@@ -51,7 +51,7 @@ def test_a_new_or_empty_directory_is_accepted(tmp_path):
 def test_a_directory_with_a_run_is_refused_without_a_flag(tmp_path, marker):
     target = tmp_path / marker
     target.mkdir() if marker in ("checkpoints", "final") else target.write_text("")
-    with pytest.raises(RunDirectoryError) as error:
+    with pytest.raises(UserError) as error:
         check_output_dir(tmp_path, resume=False, overwrite=False)
     message = str(error.value)
     assert message == (
@@ -63,13 +63,13 @@ def test_a_directory_with_a_run_is_refused_without_a_flag(tmp_path, marker):
 
 
 def test_resume_and_overwrite_exclude_each_other(tmp_path):
-    with pytest.raises(RunDirectoryError, match=r"--resume and --overwrite exclude each other"):
+    with pytest.raises(UserError, match=r"--resume and --overwrite exclude each other"):
         check_output_dir(tmp_path, resume=True, overwrite=True)
 
 
 def test_an_output_path_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("")
-    with pytest.raises(RunDirectoryError, match=r"output directory .*out exists and is not a directory"):
+    with pytest.raises(UserError, match=r"output directory .*out exists and is not a directory"):
         check_output_dir(tmp_path / "out", resume=False, overwrite=False)
 
 
@@ -229,7 +229,7 @@ def test_what_a_resume_may_change_freely(tmp_path):
     # The tiny config's cosine schedule decays to 0 at train.max_steps: changing it changes every later learning rate.
     longer = load_config(TINY, [f"output_dir={tmp_path}", "checkpoint.resume=true", "train.max_steps=90"])
     assert is_run_setting(ConfigChange("train.max_steps", 60, 90), longer)
-    with pytest.raises(RunDirectoryError, match=r"differ from those of the run .*: train\.max_steps 60 -> 90;"):
+    with pytest.raises(UserError, match=r"differ from those of the run .*: train\.max_steps 60 -> 90;"):
         check_resume(longer, allow_config_change=False)
     assert check_resume(longer, allow_config_change=True).changes == [ConfigChange("train.max_steps", 60, 90)]
     # With a constant learning rate it only makes the run longer or shorter.

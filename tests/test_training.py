@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from quietstar import QuietStarConfig, QuietStarForCausalLM
 from quietstar.training import checkpoint as checkpoint_module
-from quietstar.training.checkpoint import TrainingCheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from quietstar.errors import UserError
+from quietstar.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from quietstar.training.config import load_config
 from quietstar.training.flops import plain_step_flops, quietstar_step_flops
 from quietstar.training.metrics import MetricsLogger
@@ -267,7 +268,7 @@ def test_disk_full_while_checkpointing(tmp_path, monkeypatch, small_training_sta
     model, optimizer, scheduler, world, save = small_training_state
     first = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {"position": 1}, **save)
     fill_disk(monkeypatch)
-    with pytest.raises(TrainingCheckpointError) as error:
+    with pytest.raises(UserError) as error:
         save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {"position": 2}, **save)
     root = tmp_path / "checkpoints"
     assert str(error.value) == (
@@ -314,7 +315,7 @@ def test_disk_full_on_one_rank_stops_every_rank(tmp_path):
     for case, step in (("state_rank_1", 2), ("hf_export_rank_0", 3)):
         root = tmp_path / "checkpoints"
         message = (
-            f"TrainingCheckpointError: no space left on device while writing {root / f'step_{step:08d}'} (the partial "
+            f"UserError: no space left on device while writing {root / f'step_{step:08d}'} (the partial "
             f"{root / f'.tmp-step_{step:08d}'} was removed); free space and continue with --resume"
         )
         assert report[case]["outcomes"] == [message, message], case

@@ -16,17 +16,19 @@ from pathlib import Path
 
 import quietstar
 
-from ..checkpoint_files import CheckpointError
+from ..devices import DTYPES
+from ..errors import report_user_errors
 from .checkpoint import NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
-from .scoring import LOCAL_FORMATS, TASKS, EvalDataError, EvalSettings, evaluate_task, load_examples, local_data_file
+from .scoring import LOCAL_FORMATS, TASKS, EvalSettings, evaluate_task, load_examples, local_data_file
 
 MODES = {"thinking": True, "base": False}
+PROG = "python -m quietstar.eval"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     formats = "/".join(sorted(LOCAL_FORMATS))
     parser = argparse.ArgumentParser(
-        prog="python -m quietstar.eval",
+        prog=PROG,
         description=__doc__.splitlines()[0],
         epilog="Local data files hold one example per row (a JSON object per line in .jsonl) with the fields of the "
         "hub data sets: "
@@ -56,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     parser.add_argument("--output", type=Path, default=Path("eval_results.json"), help="report file (default eval_results.json)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_length < 2 or (args.limit is not None and args.limit < 1):
@@ -67,17 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    """Run the CLI; a missing or damaged checkpoint or data file ends it with one line naming the path (exit 1)."""
+    """Run the CLI; a missing or damaged checkpoint or data file ends it with one line naming the path (see
+    `report_user_errors`)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with report_user_errors(PROG, hints={NotQuietStarCheckpointError: "score it without thinking with --modes base"}):
         return evaluate(args)
-    except NotQuietStarCheckpointError as error:
-        raise SystemExit(f"error: checkpoint: {error}; score it without thinking with --modes base") from None
-    except CheckpointError as error:
-        raise SystemExit(f"error: checkpoint: {error}") from None
-    except EvalDataError as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 def evaluate(args: argparse.Namespace) -> dict:

@@ -2,13 +2,11 @@
 
 from pathlib import Path
 
-import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..checkpoint_files import CheckpointError, check_weight_files, could_be_hub_id
+from ..devices import resolve_device, resolve_dtype
 from ..models.configuration_quietstar import QuietStarConfigMixin
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class NotQuietStarCheckpointError(CheckpointError):
@@ -19,8 +17,9 @@ class NotQuietStarCheckpointError(CheckpointError):
 def resolve_checkpoint(checkpoint: str | Path) -> str:
     """The absolute path of the local checkpoint directory `checkpoint`, or `checkpoint` itself for a hub id.
 
-    Raises `CheckpointError` when `checkpoint` is no directory and cannot be a hub id ("no such directory"), is a
-    file, is a directory without `config.json`, or has a truncated or damaged `model.safetensors` (or shard).
+    Raises `CheckpointError` when `checkpoint` is no directory and cannot be a hub id ("no such checkpoint
+    directory"), is a file, is a directory without `config.json`, or has a truncated or damaged `model.safetensors`
+    (or shard).
     """
     path = Path(checkpoint).expanduser()
     if path.is_dir():
@@ -31,7 +30,7 @@ def resolve_checkpoint(checkpoint: str | Path) -> str:
     if path.exists():
         raise CheckpointError(f"{path.resolve()} is a file, not a checkpoint directory")
     if not could_be_hub_id(str(checkpoint)):
-        raise CheckpointError(f"no such directory: {path.absolute()}")
+        raise CheckpointError(f"no such checkpoint directory: {path.absolute()}")
     return str(checkpoint)
 
 
@@ -40,18 +39,15 @@ def load_checkpoint(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load `checkpoint` (a directory or hub id with a tokenizer) in eval mode.
 
-    `device` "auto" picks CUDA when available; `dtype` "auto" is bfloat16 on CUDA and float32 elsewhere.
+    `device` "auto" picks CUDA when available; `dtype` "auto" is bfloat16 on CUDA and float32 elsewhere (a
+    `UserError` for a device or dtype that cannot be used).
     `config_overrides` set Quiet-STaR config fields (for example `inference_thought_temperature=1.0`). A checkpoint of
     a plain causal LM (a base model, no Quiet-STaR config) raises `NotQuietStarCheckpointError` unless `plain` allows
     it; it is then loaded as its plain transformers class, without `config_overrides`. Raises `CheckpointError` (see
     `resolve_checkpoint`) naming the directory or file when the checkpoint cannot be loaded.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     source = resolve_checkpoint(checkpoint)
     try:
         config = AutoConfig.from_pretrained(source)  # ValueError: a model_type transformers does not know
@@ -64,11 +60,11 @@ def load_checkpoint(
             )
         config_overrides = {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **config_overrides)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **config_overrides)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as error:
         raise _load_error(source, error) from error
-    return model.to(device).eval(), tokenizer
+    return model.to(torch_device).eval(), tokenizer
 
 
 def _load_error(source: str, error: Exception) -> CheckpointError:
@@ -76,5 +72,6 @@ def _load_error(source: str, error: Exception) -> CheckpointError:
     if Path(source).is_dir():
         return CheckpointError(f"cannot load the checkpoint {source}: {reason}")
     return CheckpointError(
-        f"no such directory: {Path(source).absolute()}, and no hub model {source!r} could be loaded: {reason}"
+        f"no such checkpoint directory: {Path(source).absolute()}, and no hub model {source!r} could be loaded: "
+        f"{reason}"
     )

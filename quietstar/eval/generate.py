@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from ..checkpoint_files import CheckpointError
+from ..devices import DTYPES
+from ..errors import report_user_errors
 from .inspector import decode_after
 
 
@@ -86,19 +87,17 @@ def main(argv=None) -> ThinkingGeneration:
     parser.add_argument("--thought-temperature", type=float, default=0.0, help="0 = greedy thoughts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
         parser.error("--max-new-tokens must be >= 1")
     if args.thought_temperature < 0:
         parser.error("--thought-temperature must be >= 0")
-    try:
+    with report_user_errors(parser.prog):
         model, tokenizer = load_checkpoint(
             resolve_checkpoint(args.checkpoint), args.device, args.dtype,
             inference_thought_temperature=args.thought_temperature,
         )
-    except CheckpointError as error:
-        raise SystemExit(f"error: checkpoint: {error}") from None
     torch.manual_seed(args.seed)
     result = generate_with_and_without_thinking(model, tokenizer, args.prompt, args.max_new_tokens)
     print(format_generation(result))

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import DTYPES, NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
-from ..checkpoint_files import CheckpointError
+from ..devices import DTYPES
+from .checkpoint import NotQuietStarCheckpointError, load_checkpoint, resolve_checkpoint
+from ..errors import report_user_errors
 from ..models.loss import look_ahead_scores
+
+PROG = "python -m quietstar.eval.inspector"
 
 
 @dataclass
@@ -139,7 +142,7 @@ def format_html(report: ThoughtReport, title: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m quietstar.eval.inspector", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument(
         "checkpoint",
         help="quietstar checkpoint directory (or hub model id) with its tokenizer, e.g. outputs/tiny/final",
@@ -181,15 +184,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> ThoughtReport:
     args = parse_args(argv)
-    try:
+    with report_user_errors(PROG, hints={NotQuietStarCheckpointError: "it has no thoughts to inspect"}):
         model, tokenizer = load_checkpoint(
             resolve_checkpoint(args.checkpoint), args.device, args.dtype,
             inference_thought_temperature=args.thought_temperature,
         )
-    except NotQuietStarCheckpointError as error:
-        raise SystemExit(f"error: checkpoint: {error}, so it has no thoughts to inspect") from None
-    except CheckpointError as error:
-        raise SystemExit(f"error: checkpoint: {error}") from None
     torch.manual_seed(args.seed)
     report = inspect_text(model, tokenizer, args.text)
     print(format_table(report))

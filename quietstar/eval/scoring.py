@@ -81,11 +81,6 @@ def _task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-class EvalDataError(UserError, ValueError):
-    """An evaluation data set that is missing, empty, unreadable or not in its task's format (the message says
-    which)."""
-
-
 def local_data_file(source: str) -> Path | None:
     """The absolute path `source` names when it is a local file (existing, or a path or file name that cannot be a
     hub dataset id), else None (a hub id)."""
@@ -101,7 +96,7 @@ def load_examples(task: str, source: str | None = None, limit: int | None = None
     `source` is a hub dataset id (default: the task's; GSM8K `main`/`test`, CommonsenseQA `validation`) or a local
     .json/.jsonl/.parquet/.csv file with the hub's fields (`TaskSpec.fields`; GSM8K: question, answer with
     "#### <number>"; CommonsenseQA: question, choices {label, text}, answerKey). `limit` keeps the first examples.
-    Raises `EvalDataError` naming the file (and, for a bad JSON line or invalid UTF-8, where in it) when the data is
+    Raises `UserError` naming the file (and, for a bad JSON line or invalid UTF-8, where in it) when the data is
     missing, empty, unreadable or lacks a field.
     """
     spec = _task(task)
@@ -115,11 +110,11 @@ def load_examples(task: str, source: str | None = None, limit: int | None = None
             dataset = load_dataset(source, config, split=spec.hub_split)
         except (OSError, ValueError) as error:
             reason = _first_line(error)
-            raise EvalDataError(f"cannot load the {task} data set {source!r} from the hub: {reason}") from error
+            raise UserError(f"cannot load the {task} data set {source!r} from the hub: {reason}") from error
     where = str(path) if path is not None else repr(source)
     missing = [name for name in spec.fields if name not in dataset.column_names]
     if missing:
-        raise EvalDataError(f"{task} data {where} lacks the field(s) {missing}; a {task} file needs {spec.fields_help}")
+        raise UserError(f"{task} data {where} lacks the field(s) {missing}; a {task} file needs {spec.fields_help}")
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     to_pair = _gsm8k_pair if task == "gsm8k" else _csqa_pair
@@ -128,12 +123,12 @@ def load_examples(task: str, source: str | None = None, limit: int | None = None
         try:
             pairs.append(to_pair(row))
         except (KeyError, TypeError, AttributeError) as error:
-            raise EvalDataError(
+            raise UserError(
                 f"{task} data {where} example {number} is not in the {task} format ({error!r}); a {task} file needs "
                 f"{spec.fields_help}"
             ) from error
         except ValueError as error:
-            raise EvalDataError(f"{task} data {where} example {number}: {error}") from error
+            raise UserError(f"{task} data {where} example {number}: {error}") from error
     return pairs
 
 
@@ -143,24 +138,24 @@ def _first_line(error: BaseException) -> str:
 
 
 def _load_local(spec: TaskSpec, path: Path):
-    """The local data file `path` as a `datasets.Dataset`, with an `EvalDataError` for every way it can be unusable."""
+    """The local data file `path` as a `datasets.Dataset`, with a `UserError` for every way it can be unusable."""
     if not path.exists():
-        raise EvalDataError(f"{spec.name} data file {path} does not exist")
+        raise UserError(f"{spec.name} data file {path} does not exist")
     if not path.is_file():
-        raise EvalDataError(f"{spec.name} data file {path} is not a file")
+        raise UserError(f"{spec.name} data file {path} is not a file")
     if path.suffix not in LOCAL_FORMATS:
-        raise EvalDataError(f"{spec.name} data file {path} must end in one of {sorted(LOCAL_FORMATS)}")
+        raise UserError(f"{spec.name} data file {path} must end in one of {sorted(LOCAL_FORMATS)}")
     if path.stat().st_size == 0:
-        raise EvalDataError(f"{spec.name} data file {path} is empty: it holds no examples")
+        raise UserError(f"{spec.name} data file {path} is empty: it holds no examples")
     try:
         dataset = load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
     except Exception as error:  # datasets wraps reader errors in its own types; name the file and the place
         json_lines = LOCAL_FORMATS[path.suffix] == "json"
         problem = None if path.suffix == ".parquet" else text_file_problem(path, json_lines=json_lines)
         problem = problem or f"{path} cannot be read: {_first_line(error)}"
-        raise EvalDataError(f"{spec.name} data file {problem}") from error
+        raise UserError(f"{spec.name} data file {problem}") from error
     if len(dataset) == 0:
-        raise EvalDataError(f"{spec.name} data file {path} holds no examples")
+        raise UserError(f"{spec.name} data file {path} holds no examples")
     return dataset
 
 

@@ -32,8 +32,8 @@ What the conversion does:
   is refused.
 - Generation config: suppresses the two meta tokens.
 
-The result is written to a temporary directory next to DST (created with the usual permissions, umask applied)
-and renamed to DST at the end, so a failure leaves nothing at DST.
+The result is written to a staging directory next to DST and renamed to DST at the end (`quietstar.atomic_files`),
+so a failure leaves DST as it was (absent, or the old DST when overwriting).
 
 Usage: `python -m quietstar.tools.convert_reference SRC DST [--n-thought-tokens 7] [--overwrite]`.
 """
@@ -41,20 +41,19 @@ Usage: `python -m quietstar.tools.convert_reference SRC DST [--n-thought-tokens 
 import argparse
 import json
 import logging
-import secrets
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
+from ..atomic_files import atomic_directory
 from ..models.configuration_quietstar_mistral import QuietStarConfig
-from ..checkpoint_files import CheckpointError, check_safetensors_file
+from ..checkpoint_files import check_safetensors_file
 from ..meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT
 from ..models.modeling_quietstar_mistral import QuietStarForCausalLM
 from ..tokenizer import forget_load_options, load_mistral_tokenizer, load_sentencepiece_tokenizer
-from ..errors import UserError
+from ..errors import UserError, report_user_errors
 
 logger = logging.getLogger(__name__)
 
@@ -99,27 +98,23 @@ MIXING_HEAD_NAMES = {
 META_EMBEDDING_NAMES = ("start_embedding", "end_embedding")  # row 0 of each -> thought_embeddings.weight row 0 / 1
 
 
-class ReferenceCheckpointError(UserError, ValueError):
-    """SRC is not a checkpoint of the original Quiet-STaR code in the supported layout."""
-
-
 def convert_reference_checkpoint(
     src: str | Path, dst: str | Path, n_thought_tokens: int = 7, overwrite: bool = False
 ) -> Path:
     """Convert the reference checkpoint directory `src` into a quietstar checkpoint at `dst`; return `dst`.
 
     `n_thought_tokens` counts the start and end meta tokens (the reference's `n_ahead` minus 1; 7 for the released
-    "8-ahead" model). Raises `ReferenceCheckpointError` (a `ValueError`) naming what is missing or malformed when
-    `src` is not in the reference layout, and `FileExistsError` when `dst` exists and `overwrite` is false. Nothing
-    is written at `dst` unless the whole conversion succeeds.
+    "8-ahead" model). Raises `UserError` naming what is missing or malformed when `src` is not in the reference
+    layout, and when `dst` is `src` or exists and `overwrite` is false. Nothing is written at `dst` unless the whole
+    conversion succeeds.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
-        raise ReferenceCheckpointError(f"SRC {src} is not a directory")
+        raise UserError(f"SRC {src} is not a directory")
     if dst.resolve() == src.resolve():
-        raise ValueError(f"DST must differ from SRC, got {dst} for both")
+        raise UserError(f"DST must differ from SRC, got {dst} for both")
     if dst.exists() and not overwrite:
-        raise FileExistsError(f"DST {dst} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise UserError(f"DST {dst} already exists; pass overwrite=True (--overwrite) to replace it")
 
     config = _build_config(src, n_thought_tokens)
     tokenizer = _load_tokenizer(src)
@@ -134,17 +129,10 @@ def convert_reference_checkpoint(
     model.config.dtype = model.lm_head.weight.dtype
     model.generation_config = _generation_config(src, config)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = dst.parent / f".{dst.name}.converting-{secrets.token_hex(4)}"
-    staging.mkdir()  # mode 0o777 minus the umask, like any new directory (mkdtemp would give 0o700)
-    try:
+    with atomic_directory(dst) as staging:
         model.save_pretrained(staging)
         converted_tokenizer = _save_renamed_tokenizer(tokenizer, staging, meta_ids)
         _check_token_ids(converted_tokenizer, src)
-        _replace_directory(staging, dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("converted %s -> %s (n_thought_tokens=%d, meta token ids %s)", src, dst, n_thought_tokens, meta_ids)
     return dst
 
@@ -156,16 +144,16 @@ def _build_config(src: Path, n_thought_tokens: int) -> QuietStarConfig:
     """QuietStarConfig from the reference's Mistral config, checking that its head flags are the supported ones."""
     config_path = src / "config.json"
     if not config_path.is_file():
-        raise ReferenceCheckpointError(f"{config_path} is missing")
+        raise UserError(f"{config_path} is missing")
     fields = json.loads(config_path.read_text())
     if fields.get("model_type") != "mistral":
-        raise ReferenceCheckpointError(
+        raise UserError(
             f"{config_path}: model_type must be 'mistral' (the reference code patches Mistral), "
             f"got {fields.get('model_type')!r}"
         )
     for flag, supported in SUPPORTED_HEAD_FLAGS.items():
         if fields.get(flag, supported) != supported:
-            raise ReferenceCheckpointError(
+            raise UserError(
                 f"{config_path}: {flag}={fields[flag]!r} is not supported; the supported (paper) layout has "
                 + ", ".join(f"{name}={value}" for name, value in SUPPORTED_HEAD_FLAGS.items())
             )
@@ -175,9 +163,12 @@ def _build_config(src: Path, n_thought_tokens: int) -> QuietStarConfig:
         logger.info("dropping sliding_window=%s (quietstar thinks without a sliding window)", fields["sliding_window"])
     for name in (*REFERENCE_ONLY_FIELDS, *DROPPED_FIELDS):
         fields.pop(name, None)
-    return QuietStarConfig(
-        **fields, n_thought_tokens=n_thought_tokens, meta_embedding_scale=REFERENCE_EMBEDDING_SCALE
-    )
+    try:
+        return QuietStarConfig(
+            **fields, n_thought_tokens=n_thought_tokens, meta_embedding_scale=REFERENCE_EMBEDDING_SCALE
+        )
+    except ValueError as error:
+        raise UserError(f"{config_path} with --n-thought-tokens {n_thought_tokens}: {error}") from None
 
 
 def _generation_config(src: Path, config: QuietStarConfig) -> GenerationConfig:
@@ -201,28 +192,25 @@ def _read_tensors(src: Path) -> dict[str, torch.Tensor]:
         if index_path.is_file():
             weight_map = json.loads(index_path.read_text()).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
-                raise ReferenceCheckpointError(f"{index_path} has no weight_map")
+                raise UserError(f"{index_path} has no weight_map")
             shard_names = sorted(set(weight_map.values()))
             missing_shards = [name for name in shard_names if not (src / name).is_file()]
             if missing_shards:
-                raise ReferenceCheckpointError(f"{index_path} lists shards that are missing: {missing_shards}")
+                raise UserError(f"{index_path} lists shards that are missing: {missing_shards}")
             tensors = {}
             for name in shard_names:
                 tensors.update(load(src / name))
             return tensors
         if (src / weights_name).is_file():
             return load(src / weights_name)
-    raise ReferenceCheckpointError(
+    raise UserError(
         f"no weights in {src}: expected model.safetensors, pytorch_model.bin or a *.index.json with shards"
     )
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     logger.info("reading %s", path)
-    try:
-        check_safetensors_file(path)
-    except CheckpointError as error:
-        raise ReferenceCheckpointError(str(error)) from None
+    check_safetensors_file(path)
     return load_file(path)
 
 
@@ -230,7 +218,7 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     logger.info("reading %s", path)
     tensors = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(tensors, dict):
-        raise ReferenceCheckpointError(f"{path} does not hold a state dict (got {type(tensors).__name__})")
+        raise UserError(f"{path} does not hold a state dict (got {type(tensors).__name__})")
     return tensors
 
 
@@ -262,7 +250,7 @@ def _convert_tensors(
     if unexpected:
         problems.append(f"tensors not in the reference layout: {_abbreviate(unexpected)}")
     if problems:
-        raise ReferenceCheckpointError(
+        raise UserError(
             "not a checkpoint of the original Quiet-STaR code in the supported layout (hidden_size="
             f"{hidden}, vocab_size={config.vocab_size}); " + "; ".join(problems)
         )
@@ -301,7 +289,7 @@ def _load_tokenizer(src: Path) -> PreTrainedTokenizerBase:
             return load_sentencepiece_tokenizer(src)
     except (OSError, ValueError) as error:
         reason = " ".join(str(error).split())  # one line
-        raise ReferenceCheckpointError(f"cannot load the tokenizer of {src}: {reason}") from error
+        raise UserError(f"cannot load the tokenizer of {src}: {reason}") from error
     logger.warning(
         "%s has no tokenizer files (tokenizer.json or tokenizer.model): using the bundled Mistral 7B v0.1 tokenizer "
         "with %s and %s added at ids 32000 and 32001, as the reference's training added them",
@@ -319,12 +307,12 @@ def _reference_meta_token_ids(tokenizer: PreTrainedTokenizerBase, vocab_size: in
     vocab = tokenizer.get_vocab()
     missing = [token for token in (REFERENCE_START_OF_THOUGHT, REFERENCE_END_OF_THOUGHT) if token not in vocab]
     if missing:
-        raise ReferenceCheckpointError(
+        raise UserError(
             f"the tokenizer lacks the reference's meta tokens {missing} (expected at ids 32000 and 32001)"
         )
     ids = (vocab[REFERENCE_START_OF_THOUGHT], vocab[REFERENCE_END_OF_THOUGHT])
     if max(ids) >= vocab_size:
-        raise ReferenceCheckpointError(f"meta token ids {ids} do not fit the model's vocab_size {vocab_size}")
+        raise UserError(f"meta token ids {ids} do not fit the model's vocab_size {vocab_size}")
     return ids
 
 
@@ -364,7 +352,7 @@ def _check_token_ids(tokenizer: PreTrainedTokenizerBase, src: Path) -> None:
     def describe(ids: list[int], vocabulary: PreTrainedTokenizerBase) -> str:
         return f"{ids[k]} ({vocabulary.convert_ids_to_tokens(ids[k])!r})" if k < len(ids) else "the end"
 
-    raise ReferenceCheckpointError(
+    raise UserError(
         f"the tokenizer of {src} does not give Mistral 7B v0.1's token ids, which the model's embeddings expect: "
         f"token {k} of {TOKENIZER_PROBE_TEXT!r} is {describe(got, tokenizer)} instead of {describe(expected, mistral)}"
     )
@@ -379,27 +367,6 @@ def _rename_strings(value, renames: dict[str, str]):
     if isinstance(value, dict):
         return {renames.get(key, key): _rename_strings(item, renames) for key, item in value.items()}
     return value
-
-
-# ---------------------------------------------------------------------------------------------------- directory
-
-
-def _replace_directory(staging: Path, dst: Path) -> None:
-    """Move the finished `staging` directory to `dst`, replacing an existing `dst` only after `staging` is done."""
-    if not dst.exists():
-        staging.rename(dst)
-        return
-    old = Path(f"{staging}.replaced")
-    dst.rename(old)
-    try:
-        staging.rename(dst)
-    except BaseException:
-        old.rename(dst)
-        raise
-    if old.is_dir():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
@@ -424,10 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with report_user_errors(parser.prog):
         dst = convert_reference_checkpoint(args.src, args.dst, args.n_thought_tokens, overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as error:
-        parser.exit(2, f"error: {error}\n")
     print(f"wrote quietstar checkpoint {dst}")
 
 

@@ -6,9 +6,10 @@ Layout under `<output_dir>/checkpoints/`:
                            and RNG states
     step_00000050/hf/      the model in HF format (safetensors, config, generation config, tokenizer)
 
-A checkpoint is written into `.tmp-step_NNNNNNNN/` and renamed when every rank has finished, so only complete
-checkpoints carry a `step_` name; a run killed while writing leaves a `.tmp-` directory that is ignored and removed
-by the next save. A write that fails with an OS error (a full disk) removes its `.tmp-` directory at once.
+A checkpoint is written into `.tmp-step_NNNNNNNN/` and renamed when every rank has finished
+(`quietstar.atomic_files`), so only complete checkpoints carry a `step_` name; a run killed while writing leaves a
+`.tmp-` directory that is ignored and removed by the next save. A write that fails with an OS error (a full disk)
+removes its `.tmp-` directory at once.
 """
 
 import contextlib
@@ -31,17 +32,15 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from transformers import PreTrainedTokenizerBase
 
+from ..atomic_files import replace_directory, staging_path
 from ..families import family_of
-from .parallel import DTYPES, World
+from ..devices import DTYPES
+from .parallel import World
 from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
-
-
-class TrainingCheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be written or resumed; the message names the directory and what is wrong."""
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
@@ -117,7 +116,7 @@ def _is_no_space(error: BaseException) -> bool:
 @contextlib.contextmanager
 def removed_on_write_error(tmp: Path, destination: Path, world: World):
     """Delete the partial directory `tmp` (rank 0) as soon as writing it fails with an OS error; "no space left on
-    device" becomes a `TrainingCheckpointError` naming `destination` and `tmp`.
+    device" becomes a `UserError` naming `destination` and `tmp`.
 
     Every rank must see the failure: DCP raises one rank's write error on all ranks, `export_hf` shares rank 0's.
     """
@@ -127,22 +126,11 @@ def removed_on_write_error(tmp: Path, destination: Path, world: World):
         if world.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         if _is_no_space(error):
-            raise TrainingCheckpointError(
+            raise UserError(
                 f"no space left on device while writing {destination} (the partial {tmp} was removed); free space "
                 "and continue with --resume"
             ) from error
         raise
-
-
-def replace_directory(tmp: Path, final: Path) -> None:
-    """Move the complete directory `tmp` to `final`. An existing `final` is moved aside first and deleted only
-    after the rename, so at every moment a complete copy exists under `final` or under its `.old-` name."""
-    old = final.with_name(f".old-{final.name}")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_hf(
@@ -192,11 +180,11 @@ def save_checkpoint(
 ) -> Path:
     """Write the resumable state and an HF export for `step` (collective), then keep the `keep_last` newest.
 
-    Raises `TrainingCheckpointError` when the disk is full (the partial checkpoint is removed, earlier ones are
+    Raises `UserError` when the disk is full (the partial checkpoint is removed, earlier ones are
     kept)."""
     root = checkpoints_dir(output_dir)
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-{final.name}"
+    tmp = staging_path(final)
     if world.is_main:
         for stale in root.glob(".tmp-step_*"):
             shutil.rmtree(stale)
@@ -234,7 +222,7 @@ def load_checkpoint(
         dcp.load(state, checkpoint_id=directory / "state", no_dist=not world.distributed)
     trainer = json.loads(state["trainer"])
     if trainer["world_size"] != world.world_size:
-        raise TrainingCheckpointError(
+        raise UserError(
             f"{directory} was written by {trainer['world_size']} ranks; resume with the same world size "
             f"(now {world.world_size}): each rank's data position is its own"
         )

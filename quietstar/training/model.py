@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..families import family_of, from_base, installed_package_directory
 from ..checkpoint_files import check_base_source
-from ..meta_tokens import END_OF_THOUGHT, START_OF_THOUGHT, add_thought_tokens
+from ..meta_tokens import add_thought_tokens, add_thought_tokens_to_tokenizer
 from ..models.modeling_quietstar import QuietStarModelMixin
 from ..tokenizer import forget_load_options, load_mistral_tokenizer
 from .config import BUILTIN_MISTRAL_TOKENIZER, INSTALLED_PACKAGE_PREFIX, ConfigError, ModelConfig, check_model_fields
@@ -65,7 +65,7 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     tokenizer.init_kwargs["padding_side"] = "left"  # what save_pretrained writes to tokenizer_config.json
-    tokenizer.add_special_tokens({"additional_special_tokens": [START_OF_THOUGHT, END_OF_THOUGHT]})
+    add_thought_tokens_to_tokenizer(tokenizer)
     return tokenizer
 
 

@@ -14,8 +14,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
+from ..devices import DTYPES, resolve_device
 
 @dataclass
 class World:
@@ -52,11 +51,9 @@ class World:
 
 
 def init_world(device: str) -> World:
-    """Join the torchrun process group if there is one and pick the device (`auto`, `cpu` or `cuda`)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but CUDA is not available")
+    """Join the torchrun process group if there is one and pick the device (`auto`, `cpu` or `cuda`; a `UserError`
+    for `cuda` without CUDA)."""
+    device = resolve_device(device, "train.device").type
     if "WORLD_SIZE" not in os.environ:
         return World(rank=0, world_size=1, device=torch.device(device, 0) if device == "cuda" else torch.device(device), distributed=False)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -26,7 +26,8 @@ from typing import Any
 
 from .checkpoint import complete_checkpoints
 from .config import ConfigError, JobConfig, config_to_dict, load_config
-from .run_directory import CONFIG_CHANGES, RunDirectoryError
+from ..errors import UserError
+from .run_directory import CONFIG_CHANGES
 
 # Fields that say how this start was asked for, not how the run trains.
 _NOT_COMPARED = ("output_dir", "checkpoint.resume")
@@ -119,7 +120,7 @@ def check_resume(config: JobConfig, *, allow_config_change: bool) -> Resumption 
     """What resuming the run in `config.output_dir` with `config` does; None when it has no checkpoint (training
     starts at step 0 with `config`: nothing trained under the old config is kept).
 
-    Raises `RunDirectoryError` naming each changed setting of the run unless `allow_config_change`, and when the
+    Raises `UserError` naming each changed setting of the run unless `allow_config_change`, and when the
     run's `config.yaml` cannot be read as a config."""
     output_dir = Path(config.output_dir)
     found = complete_checkpoints(output_dir)
@@ -132,11 +133,11 @@ def check_resume(config: JobConfig, *, allow_config_change: bool) -> Resumption 
         try:
             run_config = load_config(stored)
         except ConfigError as error:
-            raise RunDirectoryError(f"cannot read the config of the run in {output_dir}: {error}") from None
+            raise UserError(f"cannot read the config of the run in {output_dir}: {error}") from None
         changes = config_changes(config_to_dict(run_config), config_to_dict(config))
     settings = [change for change in changes if is_run_setting(change, config)]
     if settings and not allow_config_change:
-        raise RunDirectoryError(
+        raise UserError(
             f"--resume with settings that differ from those of the run in {output_dir} (its config.yaml): "
             f"{', '.join(change.describe() for change in settings)}; resume with the run's settings, or pass "
             f"--allow-config-change to change them from step {step} on (recorded in {CONFIG_CHANGES})"

@@ -19,29 +19,25 @@ _RUN_EXTRAS = (".tmp-final", ".old-final", ".tmp-metrics.jsonl", ".tmp-config.ya
 _DEFAULT_SYNTHETIC_CORPUS = ("synthetic_corpus", ".tmp-synthetic_corpus")
 
 
-class RunDirectoryError(UserError, ValueError):
-    """An output directory that cannot be used as asked; the message names the directory and the flags."""
-
-
 def existing_run(output_dir: str | Path) -> list[str]:
     """The `RUN_MARKERS` present in `output_dir` (empty when it holds no run or does not exist)."""
     return [name for name in RUN_MARKERS if (Path(output_dir) / name).exists()]
 
 
 def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
-    """Raise `RunDirectoryError` unless training may start in `output_dir`: it holds no run, or `resume` or
+    """Raise `UserError` unless training may start in `output_dir`: it holds no run, or `resume` or
     `overwrite` (not both) says what to do with the one it holds."""
     output_dir = Path(output_dir)
     if resume and overwrite:
-        raise RunDirectoryError(
+        raise UserError(
             f"--resume and --overwrite exclude each other: --resume continues the run in {output_dir}, --overwrite "
             "deletes it"
         )
     if output_dir.exists() and not output_dir.is_dir():
-        raise RunDirectoryError(f"output directory {output_dir} exists and is not a directory")
+        raise UserError(f"output directory {output_dir} exists and is not a directory")
     found = existing_run(output_dir)
     if found and not (resume or overwrite):
-        raise RunDirectoryError(
+        raise UserError(
             f"output directory {output_dir} already holds a run ({', '.join(found)}): pass --resume to continue it "
             "or --overwrite to delete it and start again"
         )

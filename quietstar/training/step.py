@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch.distributed.tensor import DTensor
 
-from .parallel import DTYPES, World, reshard_parameters
+from ..devices import DTYPES
+from .parallel import World, reshard_parameters
 
 # Scalars of the model's training output that are logged (averaged over micro-batches and ranks).
 LOSS_FIELDS = (

@@ -8,8 +8,9 @@ as jsonl shards (`{"text": ...}` per line) and read back through the same local-
 import json
 import logging
 import random
-import shutil
 from pathlib import Path
+
+from ..atomic_files import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def write_synthetic_corpus(directory: str | Path, n_documents: int, n_shards: in
     """Write the corpus as `n_shards` jsonl files under `directory` and return their paths (sorted).
 
     Reuses the files when `directory` already holds a corpus made with the same settings. The shards are written
-    into a temporary sibling directory that is renamed when complete, so an interrupted write is never read.
+    into a staging sibling directory that takes the name when complete (`atomic_directory`), so an interrupted
+    write is never read.
     """
     directory = Path(directory)
     settings = {"n_documents": n_documents, "n_shards": n_shards, "seed": seed}
@@ -117,15 +119,12 @@ def write_synthetic_corpus(directory: str | Path, n_documents: int, n_shards: in
             "data.synthetic.directory elsewhere"
         )
     logger.info("writing %d synthetic documents in %d shards to %s", n_documents, n_shards, directory)
-    tmp = directory.with_name(f".tmp-{directory.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    rng = random.Random(seed)
-    shards = [open(tmp / f"shard-{i:05d}.jsonl", "w") for i in range(n_shards)]
-    for index in range(n_documents):
-        shards[index % n_shards].write(json.dumps({"text": synthetic_document(rng)}) + "\n")
-    for shard in shards:
-        shard.close()
-    (tmp / "corpus.json").write_text(json.dumps(settings))
-    tmp.rename(directory)
+    with atomic_directory(directory) as staging:
+        rng = random.Random(seed)
+        shards = [open(staging / f"shard-{i:05d}.jsonl", "w") for i in range(n_shards)]
+        for index in range(n_documents):
+            shards[index % n_shards].write(json.dumps({"text": synthetic_document(rng)}) + "\n")
+        for shard in shards:
+            shard.close()
+        (staging / "corpus.json").write_text(json.dumps(settings))
     return sorted(str(p) for p in directory.glob("shard-*.jsonl"))
