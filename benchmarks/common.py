@@ -1,6 +1,6 @@
 """What the benchmark scripts share: the name of the device a figure was measured on, the record of the host and the
-code that measured it, the `--out-dir`/`--label` arguments, and the report files (`<stem>.json`, `<stem>.md`, and a
-PNG plot when matplotlib is installed).
+code that measured it, the `--out-dir`/`--label` arguments, the report files (`<stem>.json`, `<stem>.md`, and a PNG
+plot when matplotlib is installed), the model shapes they measure and the pretrained SmolLM2 they load.
 
 The scripts run as `python benchmarks/<script>.py`, so this module is imported as `common` (Python puts the
 script's directory first on `sys.path`); `experiments/` imports it the same way.
@@ -125,18 +125,15 @@ def report_stem(out_dir: Path, *parts: str) -> Path:
     return out_dir / "_".join(filter(None, parts))
 
 
-def write_json(stem: Path, report: dict, indent: int = 2) -> Path:
+def write_json(stem: Path, report: dict, indent: int = 2) -> None:
     """Write `report` to `<stem>.json` (whole; a run rewrites it after each row to keep what it measured)."""
-    path = stem.with_name(stem.name + ".json")
-    path.write_text(json.dumps(report, indent=indent) + "\n")
-    return path
+    stem.with_name(stem.name + ".json").write_text(json.dumps(report, indent=indent) + "\n")
 
 
-def write_report(stem: Path, report: dict, markdown: str, indent: int = 2) -> list[Path]:
-    """Write `<stem>.json` and `<stem>.md`; returns their paths."""
-    markdown_path = stem.with_name(stem.name + ".md")
-    markdown_path.write_text(markdown)
-    return [write_json(stem, report, indent), markdown_path]
+def write_report(stem: Path, report: dict, markdown: str, indent: int = 2) -> None:
+    """Write `report` to `<stem>.json` and the `markdown` table to `<stem>.md`."""
+    write_json(stem, report, indent)
+    stem.with_name(stem.name + ".md").write_text(markdown)
 
 
 def pyplot():
@@ -152,11 +149,10 @@ def pyplot():
     return plt
 
 
-def save_figure(figure, path: Path, dpi: int = 120) -> Path:
-    """Write `figure` to the PNG `path` (tight layout) and close it."""
+def save_figure(figure, path: Path, dpi: int = 120) -> None:
+    """Write the matplotlib `figure` (from `pyplot()`) to the PNG `path` with a tight layout, and close it."""
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
     figure.savefig(path, dpi=dpi)
     plt.close(figure)
-    return path
