@@ -45,17 +45,25 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import quietstar
+from common import (
+    REPO_ROOT,
+    RUNS_DIR,
+    add_output_arguments,
+    device_slug,
+    host_record,
+    load_smollm2,
+    pyplot,
+    report_stem,
+    save_figure,
+    write_report,
+)
 from quietstar.training.synthetic import PROBLEMS, synthetic_document
-from quietstar.training.metrics import device_description, device_slug
 
 logger = logging.getLogger("bench_adaptive_thinking")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNS_DIR = REPO_ROOT / "benchmark_runs"
 HELD_OUT_SEED = 1_000_003  # held-out documents and problems; the training corpus uses seed 0
 HELD_IN_SEED = 2_000_003  # text the gate is fitted on
 GATE_QUANTILES = (0.25, 0.5, 0.75, 0.9)
@@ -120,10 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--problems", type=int, help="held-out worked problems for the answer probability (default: the preset's)")
     parser.add_argument("--prompts", type=int, help="held-out prompts generated from (batch 1 each) (default: the preset's)")
     parser.add_argument("--new-tokens", type=int, help="tokens generated per prompt (default: the preset's)")
-    parser.add_argument(
-        "--out-dir", type=Path, default=RUNS_DIR,
-        help="where adaptive_thinking_<preset>_<device>.{json,md,png} go (default: benchmark_runs/, untracked)",
-    )
+    add_output_arguments(parser, "adaptive_thinking_<preset>_<device>.{json,md,png}", label=False)
     parser.add_argument(
         "--work-dir", type=Path, default=RUNS_DIR / "adaptive_thinking",
         help="a new <preset>-<time> directory here receives the training runs (default: benchmark_runs/adaptive_thinking)",
@@ -169,10 +174,7 @@ def run_train(config: dict, work: Path, name: str) -> Path:
 
 def smollm2_start(work: Path) -> Path:
     """SmolLM2-135M-Instruct from its GGUF file, saved as a Quiet-STaR checkpoint with meta tokens (train.py's start)."""
-    directory, gguf_file = quietstar.smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-    model = quietstar.from_base(directory, gguf_file=gguf_file, dtype=torch.float32)
-    quietstar.add_thought_tokens(model, tokenizer)
+    model, tokenizer = load_smollm2()
     start = work / "smollm2_start"
     model.save_pretrained(start)
     tokenizer.save_pretrained(start)
@@ -444,13 +446,8 @@ def to_markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed (pip install -e '.[bench]'): no plot written")
+    plt = pyplot()
+    if plt is None:
         return False
     records = report["records"]
     figure, axes = plt.subplots(figsize=(6, 4))
@@ -466,9 +463,7 @@ def plot(report: dict, path: Path) -> bool:
     axes.set(xlabel="model calls per generated token", ylabel="held-out NLL (nats/token)",
              title=f"adaptive thinking, {report['preset']}\n{report['device']}")
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
     return True
 
 
@@ -502,10 +497,7 @@ def main(argv=None) -> dict:
     checkpoint_config = json.loads((checkpoint / "config.json").read_text())
     report = {
         "benchmark": "adaptive_thinking",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_description(device),
-        "load_average_1min": os.getloadavg()[0],
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "quietstar": quietstar.__version__},
+        **host_record(device),
         "preset": args.preset,
         "checkpoint": {"path": shown_path(checkpoint), "description": description,
                        "n_thought_tokens": checkpoint_config["n_thought_tokens"],
@@ -520,12 +512,10 @@ def main(argv=None) -> dict:
     }
     markdown = to_markdown(report)
     print(markdown)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     # a given checkpoint is named by its directory, so its results never replace those of a run trained here
     name = args.preset if args.checkpoint is None else re.sub(r"[^A-Za-z0-9]+", "_", args.checkpoint.resolve().name)
-    stem = args.out_dir / f"adaptive_thinking_{name}_{device_slug(device)}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown)
+    stem = report_stem(args.out_dir, "adaptive_thinking", name, device_slug(device))
+    write_report(stem, report, markdown)
     written = [".json", ".md"] + ([".png"] if plot(report, stem.with_suffix(".png")) else [])
     logger.info("wrote %s.{%s}", stem, ",".join(suffix[1:] for suffix in written))
     return report

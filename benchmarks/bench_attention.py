@@ -52,7 +52,7 @@ import torch.nn.functional as F
 import triton
 
 from quietstar.models.thought_attention import torch_thought_attention
-from quietstar.training.metrics import device_slug
+from common import device_slug
 from quietstar.ops.thought_attention import triton as kernels
 
 THOUGHT_PROVIDERS = ("triton", "torch", "dense", "flex")

@@ -18,21 +18,14 @@ difference of the per-position rewards from float32 with their correlation.
 """
 
 import argparse
-import datetime
-import json
 import logging
-import subprocess
-from pathlib import Path
 
 import torch
-import transformers
 
-import quietstar
+from common import add_output_arguments, device_description, load_smollm2, report_stem, source_revision, utc_now, write_report
 from quietstar.models.loss import look_ahead_scores, quietstar_loss
 
 logger = logging.getLogger("bench_bf16_rewards")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNS_DIR = REPO_ROOT / "benchmark_runs"
 TEXT = (
     "The river rises in the hills north of the town and runs south for about forty miles before it reaches the sea. "
     "In the spring the snow melts and the water comes down fast, so the old bridge was built high above the banks. "
@@ -48,8 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--length", type=int, default=96, help="tokens of the text used")
     parser.add_argument("--mean-weight", type=float, default=3e-4, help="mean |w| of the mixing head")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=RUNS_DIR, help="where the JSON and markdown go")
-    parser.add_argument("--label", default="", help="added to the file name, e.g. 'before'")
+    add_output_arguments(parser, "bf16_rewards_<label>_cpu.{json,md}")
     return parser.parse_args(argv)
 
 
@@ -87,10 +79,7 @@ def forward_scores(model, input_ids, thought_ids, autocast: bool) -> dict:
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
-    directory, gguf_file = quietstar.smollm2_gguf()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-    model = quietstar.from_base(directory, gguf_file=gguf_file, dtype=torch.float32)
-    quietstar.add_thought_tokens(model, tokenizer)
+    model, tokenizer = load_smollm2()
     model.train()
     input_ids = tokenizer(TEXT, return_tensors="pt").input_ids[:, : args.length]
     torch.manual_seed(args.seed)
@@ -124,9 +113,9 @@ def main(argv=None) -> dict:
         logger.info("%s: %s", name, rows[-1])
     report = {
         "benchmark": "bf16_rewards",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "meta": {
-            "device": "cpu",
+            "device": device_description(torch.device("cpu")),
             "model": "SmolLM2-135M-Instruct",
             "tokens": input_ids.shape[1],
             "n_thoughts": N_THOUGHTS,
@@ -135,15 +124,12 @@ def main(argv=None) -> dict:
             "target_mean_weight": args.mean_weight,
             "rewarded_positions": expected.numel(),
             "torch": torch.__version__,
-            "quietstar_revision": quietstar_revision(),
+            "quietstar_revision": source_revision(),
         },
         "rows": rows,
     }
-    stem = args.out_dir / "_".join(filter(None, ["bf16_rewards", args.label, "cpu"]))
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
-    stem.with_suffix(".md").write_text(markdown)
+    write_report(report_stem(args.out_dir, "bf16_rewards", args.label, "cpu"), report, markdown)
     print(markdown)
     return report
 
@@ -168,17 +154,6 @@ def to_markdown(report: dict) -> str:
             f"| {row['mean_abs_reward_error']:.5f} | {row['reward_correlation']:.3f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def quietstar_revision() -> str:
-    """The git commit of the imported quietstar package (benchmarks of an older checkout report that one)."""
-    package_dir = Path(quietstar.__file__).resolve().parent
-    try:
-        return subprocess.run(
-            ["git", "-C", str(package_dir), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

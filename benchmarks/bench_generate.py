@@ -17,32 +17,30 @@ to benchmark_runs/ (not tracked by git). Pass `--out-dir benchmarks/results` to 
 """
 
 import argparse
-import datetime
-import json
 import logging
-import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
-import transformers
 
-import quietstar
+from common import (
+    DTYPES,
+    MISTRAL_SHAPES,
+    MISTRAL_VOCAB,
+    add_output_arguments,
+    device_slug,
+    host_record,
+    pyplot,
+    report_stem,
+    save_figure,
+    write_report,
+)
 from quietstar import QuietStarConfig, QuietStarForCausalLM
-from quietstar.training.metrics import device_description, device_slug
 
 logger = logging.getLogger("bench_generate")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNS_DIR = REPO_ROOT / "benchmark_runs"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-PRESETS = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "mistral-7b": dict(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8
-    ),
-}
-VOCAB = 32002  # Mistral's 32000 tokens + <|startofthought|>, <|endofthought|>
+PRESETS = {name: MISTRAL_SHAPES[name] for name in ("tiny", "mistral-7b")}
+VOCAB = MISTRAL_VOCAB
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,10 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompt-length", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--out-dir", type=Path, default=RUNS_DIR,
-        help="where generate_<device>.{json,md,png} go (default: benchmark_runs/ in the repository, untracked)",
-    )
+    add_output_arguments(parser, "generate_<device>.{json,md,png}", label=False)
     args = parser.parse_args(argv)
     on_gpu = torch.device(args.device).type == "cuda"
     args.preset = args.preset or ("mistral-7b" if on_gpu else "tiny")
@@ -135,13 +130,8 @@ def to_markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> bool:
     """Tokens/s against n_thought_tokens, next to plain tokens/s / (n_thought_tokens + 1); False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed (pip install -e '.[bench]'): no plot written")
+    plt = pyplot()
+    if plt is None:
         return False
     plain, *thinking = report["results"]
     lengths = [row["n_thought_tokens"] for row in thinking]
@@ -157,9 +147,7 @@ def plot(report: dict, path: Path) -> bool:
         title=f"generate(), preset {report['preset']}, {report['settings']['dtype']}\n{report['device']}",
     )
     axes.legend(loc="upper right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
     return True
 
 
@@ -187,10 +175,7 @@ def main(argv=None) -> dict:
 
     report = {
         "benchmark": "generate",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_description(device),
-        "load_average_1min": os.getloadavg()[0],  # other work on the host slows CPU timings down
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "quietstar": quietstar.__version__},
+        **host_record(device),
         "preset": args.preset,
         "model": {**shape, "vocab_size": VOCAB, "parameters": sum(p.numel() for p in model.parameters())},
         "settings": {
@@ -205,10 +190,8 @@ def main(argv=None) -> dict:
     }
     markdown = to_markdown(report)
     print(markdown)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"generate_{device_slug(device)}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown)
+    stem = report_stem(args.out_dir, "generate", device_slug(device))
+    write_report(stem, report, markdown)
     written = [".json", ".md"] + ([".png"] if plot(report, stem.with_suffix(".png")) else [])
     logger.info("wrote %s.{%s}", stem, ",".join(suffix[1:] for suffix in written))
     return report

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import gc
 import importlib.util
-import json
 import logging
 import os
 import statistics
@@ -34,13 +33,12 @@ from pathlib import Path
 
 import torch
 
-from quietstar.training.metrics import device_description
+from common import REPO_ROOT, add_output_arguments, device_description, load_smollm2, report_stem, write_report
 from quietstar.training.optim import build_optimizer, build_scheduler
 from quietstar.training.config import TrainConfig
 from quietstar.training.parallel import init_world
 from quietstar.training.step import train_step
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STEM = "real_model_step_cpu"
 logger = logging.getLogger("bench_real_model_step")
 
@@ -166,7 +164,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--plain-per-round", type=int, default=3, help="plain steps per round")
     parser.add_argument("--quick", action="store_true", help="the study's quick settings and one round")
     parser.add_argument("--note", default="shared machine", help="what else ran on the machine, for the report")
-    parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "benchmark_runs", help="where the JSON/md go")
+    add_output_arguments(parser, f"{STEM}.{{json,md}}", label=False)
     return parser.parse_args(argv)
 
 
@@ -177,7 +175,7 @@ def main(argv=None) -> dict:
     settings = study.QUICK if args.quick else study.StudySettings()
     if args.quick:
         args = argparse.Namespace(**{**vars(args), "rounds": 1, "plain_per_round": 1})
-    base, _ = study.load_base(settings)
+    base, _ = load_smollm2()
     load_before = os.getloadavg()
     rows = [measure(study, base, settings, t, args) for t in settings.thought_lengths]
     report = {
@@ -190,9 +188,7 @@ def main(argv=None) -> dict:
         "created": datetime.datetime.now().isoformat(),
         "rows": rows,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{STEM}.json").write_text(json.dumps(report, indent=1))
-    (args.out_dir / f"{STEM}.md").write_text(to_markdown(report))
+    write_report(report_stem(args.out_dir, STEM), report, to_markdown(report), indent=1)
     return report
 
 

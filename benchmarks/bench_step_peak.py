@@ -19,31 +19,25 @@ default). Both steps see the same B x L tokens; the Quiet-STaR step runs N copie
 
 import argparse
 import collections
-import datetime
-import json
 import logging
-import subprocess
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import profile
 from torch.profiler._memory_profiler import MemoryProfile
 
 import quietstar
+from common import (
+    SMOLLM2_SHAPE,
+    add_output_arguments,
+    device_description,
+    report_stem,
+    source_revision,
+    utc_now,
+    write_report,
+)
 
 logger = logging.getLogger("bench_step_peak")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNS_DIR = REPO_ROOT / "benchmark_runs"
-SMOLLM2_SHAPE = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-5,
-)
 MB = 1e6
 
 
@@ -56,16 +50,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-thought-tokens", type=int, default=11, help="T")
     parser.add_argument("--n-ahead-talk", type=int, default=4, help="A")
     parser.add_argument("--top", type=int, default=12, help="allocating operators listed per step")
-    parser.add_argument("--out-dir", type=Path, default=RUNS_DIR, help="where the JSON and markdown go")
-    parser.add_argument("--label", default="", help="added to the file name, e.g. 'before'")
+    add_output_arguments(parser, "step_peak_<label>_cpu.{json,md}")
     return parser.parse_args(argv)
 
 
 def build_model(args) -> quietstar.QuietStarModelMixin:
     family = quietstar.family_of("llama")
     config = family.config_class(
-        **SMOLLM2_SHAPE,
-        num_hidden_layers=args.layers,
+        **dict(SMOLLM2_SHAPE, num_hidden_layers=args.layers),
         max_position_embeddings=args.seq_len + args.n_thought_tokens + args.n_ahead_talk,
         start_thought_token_id=SMOLLM2_SHAPE["vocab_size"] - 2,
         end_thought_token_id=SMOLLM2_SHAPE["vocab_size"] - 1,
@@ -176,17 +168,6 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def quietstar_revision() -> str:
-    """The git commit of the imported quietstar package (benchmarks of an older checkout report that one)."""
-    package_dir = Path(quietstar.__file__).resolve().parent
-    try:
-        return subprocess.run(
-            ["git", "-C", str(package_dir), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
@@ -198,9 +179,9 @@ def main(argv=None) -> dict:
     categories = sorted({c for row in steps.values() for c in row["by_category"]}, key=lambda c: -steps["quietstar"]["by_category"].get(c, 0))
     report = {
         "benchmark": "step_peak",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "meta": dict(
-            device=f"cpu, {torch.get_num_threads()} threads",
+            device=device_description(torch.device("cpu")),
             layers=args.layers,
             batch=args.batch,
             seq_len=args.seq_len,
@@ -209,15 +190,12 @@ def main(argv=None) -> dict:
             n_ahead_talk=args.n_ahead_talk,
             categories=categories,
             torch=torch.__version__,
-            quietstar_revision=quietstar_revision(),
+            quietstar_revision=source_revision(),
         ),
         "steps": steps,
     }
-    stem = args.out_dir / "_".join(filter(None, ["step_peak", args.label, "cpu"]))
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
-    stem.with_suffix(".md").write_text(markdown)
+    write_report(report_stem(args.out_dir, "step_peak", args.label, "cpu"), report, markdown)
     print(markdown)
     return report
 

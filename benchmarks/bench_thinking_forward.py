@@ -19,32 +19,30 @@ one untimed warm-up call at the smallest L.
 """
 
 import argparse
-import datetime
 import json
 import logging
-import subprocess
 import time
 from pathlib import Path
 
 import torch
-import transformers
 
 import quietstar
-from quietstar.training.metrics import device_description, device_slug
+from common import (
+    SMOLLM2_SHAPE,
+    add_output_arguments,
+    device_description,
+    device_slug,
+    load_smollm2,
+    pyplot,
+    report_stem,
+    save_figure,
+    source_revision,
+    utc_now,
+    write_json,
+    write_report,
+)
 
 logger = logging.getLogger("bench_thinking_forward")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNS_DIR = REPO_ROOT / "benchmark_runs"
-SMOLLM2_SHAPE = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-5,
-)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,8 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-thought-tokens", type=int, default=11, help="T; P = T + 1 passes")
     parser.add_argument("--attention-impl", default="torch", choices=["dense", "torch"])
     parser.add_argument("--repeats", type=int, default=2, help="rounds of timed calls per L (the minimum is kept)")
-    parser.add_argument("--out-dir", type=Path, default=RUNS_DIR, help="where the JSON and markdown go")
-    parser.add_argument("--label", default="", help="added to the file name, e.g. 'before'")
+    add_output_arguments(parser, "thinking_forward_<label>_<device>.{json,md} (and the --plot PNG)")
     parser.add_argument(
         "--plot", type=Path, nargs="+", metavar="JSON", help="only plot the ratio of these reports into --out-dir"
     )
@@ -66,11 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_model(args) -> quietstar.QuietStarModelMixin:
     fields = dict(n_thought_tokens=args.n_thought_tokens, n_thoughts=1, attention_impl=args.attention_impl)
     if args.real_model:
-        directory, gguf_file = quietstar.smollm2_gguf()
-        model = quietstar.from_base(directory, gguf_file=gguf_file, dtype=torch.float32, **fields)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-        quietstar.add_thought_tokens(model, tokenizer)
-        return model.eval()
+        return load_smollm2(**fields)[0].eval()
     family = quietstar.family_of("llama")
     shape = dict(SMOLLM2_SHAPE, num_hidden_layers=args.layers)
     config = family.config_class(
@@ -115,11 +108,9 @@ def to_markdown(report: dict) -> str:
 
 def plot(reports: list[Path], path: Path) -> None:
     """thinking / (P x plain) against L, one line per report (labelled by its file name)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     figure, axes = plt.subplots(figsize=(6, 4))
     for report_path in reports:
         rows = json.loads(report_path.read_text())["rows"]
@@ -129,8 +120,7 @@ def plot(reports: list[Path], path: Path) -> None:
     axes.set_ylabel("thinking forward / (P x plain forward)")
     axes.axhline(1.0, color="grey", linewidth=0.5)
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
+    save_figure(figure, path, dpi=100)
     logger.info("wrote %s", path)
 
 
@@ -138,13 +128,13 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
     if args.plot:
-        plot(args.plot, args.out_dir / "_".join(filter(None, ["thinking_forward", args.label, "cpu.png"])))
+        plot(args.plot, report_stem(args.out_dir, "thinking_forward", args.label, "cpu.png"))
         return {}
     model = build_model(args)
     passes = 1 + args.n_thought_tokens
     report = {
         "benchmark": "thinking_forward",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "meta": {
             "device": device_description(torch.device("cpu")),
             "model": "SmolLM2-135M-Instruct (pretrained)" if args.real_model else dict(SMOLLM2_SHAPE, num_hidden_layers=args.layers),
@@ -153,12 +143,11 @@ def main(argv=None) -> dict:
             "attention_impl": args.attention_impl,
             "repeats": args.repeats,
             "torch": torch.__version__,
-            "quietstar_revision": quietstar_revision(),
+            "quietstar_revision": source_revision(),
         },
         "rows": [],
     }
-    stem = args.out_dir / "_".join(filter(None, ["thinking_forward", args.label, device_slug(torch.device("cpu"))]))
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem = report_stem(args.out_dir, "thinking_forward", args.label, device_slug(torch.device("cpu")))
     generator = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size - 2
     with torch.no_grad():
@@ -181,22 +170,11 @@ def main(argv=None) -> dict:
                 )
             )
             logger.info("L=%d plain %.3f s thinking %.2f s", length, plain, thinking)
-            stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+            write_json(stem, report)
     markdown = to_markdown(report)
-    stem.with_suffix(".md").write_text(markdown)
+    write_report(stem, report, markdown)
     print(markdown)
     return report
-
-
-def quietstar_revision() -> str:
-    """The git commit of the imported quietstar package (benchmarks of an older checkout report that one)."""
-    package_dir = Path(quietstar.__file__).resolve().parent
-    try:
-        return subprocess.run(
-            ["git", "-C", str(package_dir), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -44,13 +44,11 @@ Results go to benchmark_runs/ (JSON, markdown, and a PNG when matplotlib is inst
 """
 
 import argparse
-import datetime
 import gc
 import json
 import logging
 import re
 import statistics
-import subprocess
 import time
 import weakref
 from pathlib import Path
@@ -60,24 +58,25 @@ import torch
 import transformers
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-import quietstar
+from common import (
+    DTYPES,
+    MISTRAL_SHAPES,
+    MISTRAL_VOCAB,
+    add_output_arguments,
+    device_description,
+    device_slug,
+    pyplot,
+    report_stem,
+    save_figure,
+    source_revision,
+    utc_now,
+    write_json,
+)
 from quietstar import QuietStarConfig, QuietStarForCausalLM
-from quietstar.training.metrics import device_description, device_slug
 
 logger = logging.getLogger("bench_train_step")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNS_DIR = REPO_ROOT / "benchmark_runs"
-VOCAB = 32002  # Mistral's 32000 tokens + <|startofthought|>, <|endofthought|>
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-PRESETS = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "mistral-shaped": dict(
-        hidden_size=512, intermediate_size=1792, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2
-    ),
-    "mistral-7b": dict(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8
-    ),
-}
+VOCAB = MISTRAL_VOCAB
+PRESETS = MISTRAL_SHAPES
 QUICK = dict(thought_lengths=[3, 4, 5], fit_seq_len=8, seq_lens=[8, 12], sweep_thought_tokens=4, time_seq_lens=[8])
 MIB = 2**20
 
@@ -87,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=list(PRESETS), default="mistral-shaped")
     parser.add_argument("--layers", type=int, help="decoder layers (default: the preset's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="bf16 runs the step under autocast")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32", help="bf16 runs the step under autocast")
     parser.add_argument("--attention-impl", default="auto", choices=["auto", "dense", "torch", "triton"])
     parser.add_argument("--batch", type=int, default=1, help="B, sequences per step")
     parser.add_argument("--n-thoughts", type=int, default=2, help="N, thoughts per position")
@@ -102,8 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--quick", action="store_true", help="small sweeps and lengths, for a smoke run")
-    parser.add_argument("--out-dir", type=Path, default=RUNS_DIR, help="where the JSON/markdown/PNG go")
-    parser.add_argument("--label", default="", help="added to the file names, e.g. 'before'")
+    add_output_arguments(parser, "train_step_<label>_<device>.{json,md,png}")
     parser.add_argument(
         "--render", type=Path, help="only rewrite the markdown and PNG of this JSON report (e.g. of a stopped run)"
     )
@@ -119,21 +117,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if len(set(args.thought_lengths)) < 2:
         parser.error("--thought-lengths needs at least two distinct values for the fit")
     return args
-
-
-def source_revision() -> str:
-    """The git commit of the imported quietstar package, with '+dirty' when its tree has uncommitted changes."""
-    package_dir = Path(quietstar.__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(package_dir), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(package_dir), "status", "--porcelain", "--", "."], capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
 
 
 def attention_impl(args, device: torch.device) -> str:
@@ -493,12 +476,8 @@ def to_markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> bool:
     """Union bytes against P (T sweep) and against L (L sweep); False when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     measured = [r for r in report["memory"] if r["status"] == "ok"]
     fit_rows = [r for r in measured if r["study"] == "thought_length"]
@@ -516,9 +495,7 @@ def plot(report: dict, path: Path) -> bool:
         xlabel="sequence length L", ylabel="saved + K/V store (MiB)", title=f"T = {report['meta']['sweep_thought_tokens']}"
     )
     figure.suptitle(f"{report['meta']['preset']}, quietstar {report['meta']['quietstar_revision']}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
     return True
 
 
@@ -527,11 +504,6 @@ def fit_of(memory: list[dict]) -> dict | None:
     if len({r["passes"] for r in rows}) < 2:
         return None
     return linear_fit([r["passes"] for r in rows], [r["union_bytes"] for r in rows])
-
-
-def write_json(report: dict, stem: Path) -> None:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def main(argv=None) -> dict:
@@ -545,7 +517,7 @@ def main(argv=None) -> dict:
     shape = dict(PRESETS[args.preset], **({"num_hidden_layers": args.layers} if args.layers else {}))
     report = {
         "benchmark": "train_step",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "meta": {
             "device": device_description(device),
             "preset": args.preset,
@@ -562,29 +534,29 @@ def main(argv=None) -> dict:
             "repeats": args.repeats,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
-            "quietstar_revision": source_revision(),
+            "quietstar_revision": source_revision(dirty=True),
         },
         "memory": [],
         "fit": None,
         "time": [],
     }
-    stem = args.out_dir / "_".join(filter(None, ["train_step", args.label, device_slug(device)]))
+    stem = report_stem(args.out_dir, "train_step", args.label, device_slug(device))
     # The JSON is rewritten after every row, so a run the operating system stops (CPU memory) keeps what it measured.
     for length in args.time_seq_lens:
         report["time"].append(time_row(args, length, device))
-        write_json(report, stem)
+        write_json(stem, report)
     memory = report["memory"]
     for thought_length in args.thought_lengths:
         memory.append(memory_row(args, "thought_length", thought_length, args.fit_seq_len, device))
         report["fit"] = fit_of(memory)
-        write_json(report, stem)
+        write_json(stem, report)
     for length in args.seq_lens:  # a setting the T sweep already measured is not measured again (it is exact)
         same = [r for r in memory if (r["n_thought_tokens"], r["seq_len"]) == (args.sweep_thought_tokens, length)]
         if same:
             memory.append(dict(same[0], study="seq_len"))
         else:
             memory.append(memory_row(args, "seq_len", args.sweep_thought_tokens, length, device))
-        write_json(report, stem)
+        write_json(stem, report)
     render(report, stem)
     return report
 
@@ -593,7 +565,7 @@ def render(report: dict, stem: Path) -> None:
     """Print the markdown tables and write them (and the PNG, with matplotlib) next to the JSON `stem`.json."""
     markdown = to_markdown(report)
     print(markdown)
-    stem.with_suffix(".md").write_text(markdown)
+    stem.with_suffix(".md").write_text(markdown)  # the JSON is there already: main wrote it after every row
     written = [stem.with_suffix(suffix).name for suffix in (".json", ".md")]
     written += [stem.with_suffix(".png").name] if plot(report, stem.with_suffix(".png")) else []
     logger.info("wrote %s in %s", ", ".join(written), stem.parent)

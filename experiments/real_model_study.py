@@ -30,10 +30,10 @@ Evaluation, on text no arm trained on (a corpus generated from another seed):
 
 Each (arm, thought length, seed) writes one JSON file into `--run-dir`; a rerun skips finished ones, and several
 processes started with the same command share the work (each claims a run with a lock file). `--report` (also run
-at the end) writes `real_model_study.{json,md,png}` to `--out-dir`.
+at the end) writes `real_model_study.{json,md,png}` to `--out-dir` (the committed report is in experiments/results/).
 
     python experiments/real_model_study.py                                   # the study (start it 2-3 times at once)
-    python experiments/real_model_study.py --report --out-dir benchmarks/results   # the committed report
+    python experiments/real_model_study.py --report --out-dir experiments/results   # the committed report
     python experiments/real_model_study.py --quick --run-dir /tmp/q --out-dir /tmp/q   # a smoke run (2-3 minutes, mostly loading)
 """
 
@@ -44,26 +44,28 @@ import logging
 import os
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
-import quietstar
 from quietstar import QuietStarCausalLMOutput, config_from_base
-from quietstar.training.data import PackedTokenStream
 from quietstar.eval.scoring import EvalSettings, score_examples
-from quietstar.training.synthetic import write_synthetic_corpus
+from quietstar.training.checkpoint import replace_directory
 from quietstar.training.config import DataConfig, DataSourceConfig, SyntheticCorpusConfig, TrainConfig
-from quietstar.training.metrics import device_description
+from quietstar.training.data import PackedTokenStream
 from quietstar.training.optim import build_optimizer, build_scheduler
 from quietstar.training.parallel import init_world
 from quietstar.training.step import train_step
+from quietstar.training.synthetic import write_synthetic_corpus
+
+# The benchmarks' helpers (device naming, the real model, report files), imported as the benchmark scripts do.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from common import RUNS_DIR, device_description, load_smollm2, pyplot, report_stem, save_figure, write_report  # noqa: E402
 
 logger = logging.getLogger("real_model_study")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STEM = "real_model_study"
 ARMS = ("plain", "no-policy", "low-policy", "quiet-star")
 N_DECILES = 10
@@ -163,15 +165,6 @@ def answer_problems(stream: PackedTokenStream, count: int) -> list[tuple[str, st
 
 
 # ------------------------------------------------------------------------------------------------------ model
-
-
-def load_base(settings: StudySettings):
-    """SmolLM2-135M-Instruct as a Quiet-STaR model with the meta tokens added, and its tokenizer."""
-    directory, gguf_file = quietstar.smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-    base = quietstar.from_base(directory, gguf_file=gguf_file, dtype=torch.float32)
-    quietstar.add_thought_tokens(base, tokenizer)
-    return base, tokenizer
 
 
 def arm_model(base, settings: StudySettings, arm: str, thought_length: int, seed: int):
@@ -347,9 +340,7 @@ def save_model(model, tokenizer, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    replace_directory(tmp, target)
     target.with_name(target.name + ".READY").touch()
 
 
@@ -365,7 +356,7 @@ def run_study(settings: StudySettings, run_dir: Path, save_to: Path | None) -> N
     pending = [run for run in settings.runs() if not (run_dir / f"{run_name(*run)}.json").exists()]
     if not pending:
         return
-    base, tokenizer = load_base(settings)
+    base, tokenizer = load_smollm2()
     write_corpora(settings, run_dir)
     heldout = held_out(base, tokenizer, settings, run_dir)
     longest = max(settings.thought_lengths)
@@ -455,10 +446,9 @@ def report(settings: StudySettings, run_dir: Path, out_dir: Path) -> dict:
         "created": datetime.datetime.now().isoformat(),
         "arms": arms,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{STEM}.json").write_text(json.dumps(result, indent=1))
-    (out_dir / f"{STEM}.md").write_text(to_markdown(result))
-    plot(result, out_dir / f"{STEM}.png")
+    stem = report_stem(out_dir, STEM)
+    write_report(stem, result, to_markdown(result), indent=1)
+    plot(result, stem.with_suffix(".png"))
     return result
 
 
@@ -502,12 +492,8 @@ def to_markdown(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> bool:
     """Gain by decile per arm, and the mixing weight and reward over training; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     figure, (gain_axis, weight_axis, reward_axis) = plt.subplots(1, 3, figsize=(16, 4.5))
     for label, arm in result["arms"].items():
@@ -522,9 +508,7 @@ def plot(result: dict, path: Path) -> bool:
     weight_axis.set(xlabel="step", ylabel="mean mixing weight w", title="mixing weight over training")
     reward_axis.set(xlabel="step", ylabel="mean reward (nats)", title="reward over training")
     gain_axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
     return True
 
 
@@ -532,8 +516,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (seconds of training)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default: the settings')")
-    parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / "benchmark_runs" / STEM, help="one JSON per run")
-    parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "benchmark_runs" / STEM, help="report files")
+    parser.add_argument("--run-dir", type=Path, default=RUNS_DIR / STEM, help="one JSON per run")
+    parser.add_argument(
+        "--out-dir", type=Path, default=RUNS_DIR / STEM,
+        help="where the report files go (the committed report: --out-dir experiments/results)",
+    )
     parser.add_argument("--report", action="store_true", help="only write the report of the finished runs")
     parser.add_argument(
         "--save-model", type=Path, help="save the longest-thought quiet-star model of the first seed here "

@@ -12,7 +12,7 @@ from tiny import tiny_config
 from quietstar.models.modeling_quietstar_mistral import QuietStarMixingHead
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TOP_LEVEL = ("docs", "quietstar", "kernels", "configs", "scripts", "benchmarks", "tests")
+TOP_LEVEL = ("docs", "quietstar", "kernels", "configs", "scripts", "benchmarks", "experiments", "tests")
 # a path under one of the repository's top-level folders, or a top-level file; ends on a word character
 REPO_PATH = re.compile(
     r"(?<![\w./-])((?:" + "|".join(TOP_LEVEL) + r")/[\w./<>{}*,-]*[\w/]|train\.py|pyproject\.toml|README\.md)"
@@ -25,7 +25,12 @@ CLIS = {
     "python -m quietstar.eval.inspector": ("module", "quietstar.eval.inspector"),
     "python -m quietstar.eval.generate": ("module", "quietstar.eval.generate"),
     "python -m quietstar.tools.convert_reference": ("module", "quietstar.tools.convert_reference"),
-    **{f"python benchmarks/{path.name}": ("file", path) for path in sorted((REPO_ROOT / "benchmarks").glob("*.py"))},
+    **{
+        f"python {path.relative_to(REPO_ROOT).as_posix()}": ("file", path)
+        for folder in ("benchmarks", "experiments")
+        for path in sorted((REPO_ROOT / folder).glob("*.py"))
+        if path.name != "common.py"  # the scripts' shared helpers, not a command
+    },
 }
 
 

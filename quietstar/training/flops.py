@@ -40,14 +40,6 @@ def _attention_flops(config: QuietStarConfigMixin, rows: int, length: int, extra
     return 4 * rows * length * keys_per_query * config.num_attention_heads * head_dim * config.num_hidden_layers
 
 
-def plain_step_flops(config: QuietStarConfigMixin, batch: int, length: int) -> float:
-    """Forward + backward FLOPs of a plain causal-LM step (the base model) on `batch` x `length` tokens."""
-    tokens = batch * length
-    dense = tokens * config.num_hidden_layers * _layer_matmul_flops_per_token(config)
-    head = 2 * tokens * config.hidden_size * config.vocab_size
-    return 3 * (dense + _attention_flops(config, batch, length, 0) + head)
-
-
 def quietstar_step_flops(config: QuietStarConfigMixin, batch: int, length: int) -> float:
     """Forward + backward FLOPs of a Quiet-STaR training step on `batch` sequences of `length` tokens."""
     rows = batch * config.n_thoughts

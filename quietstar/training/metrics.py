@@ -7,8 +7,6 @@ past the step it resumes from (`truncate_metrics`), so `metrics.jsonl` holds eve
 import json
 import logging
 import os
-import platform
-import re
 import resource
 import sys
 import time
@@ -19,19 +17,6 @@ import torch
 from .config import LoggingConfig
 
 logger = logging.getLogger("quietstar.train")
-
-
-def device_description(device: torch.device) -> str:
-    """What figures measured on `device` were measured on: the CUDA device's name, or the CPU with its threads."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
-
-
-def device_slug(device: torch.device) -> str:
-    """A file-name part for `device`: the CUDA device's name in lower case with dashes, or "cpu"."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def peak_memory_gb(device: torch.device) -> float:
