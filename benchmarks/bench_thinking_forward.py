@@ -51,7 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--real-model", action="store_true", help="the pretrained SmolLM2-135M-Instruct instead")
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[256, 512, 1024, 2048], help="L values")
     parser.add_argument("--n-thought-tokens", type=int, default=11, help="T; P = T + 1 passes")
-    parser.add_argument("--attention-impl", default="torch", choices=["dense", "torch"])
     parser.add_argument("--repeats", type=int, default=2, help="rounds of timed calls per L (the minimum is kept)")
     add_output_arguments(parser, "thinking_forward_<label>_<device>.{json,md} (and the --plot PNG)")
     parser.add_argument(
@@ -61,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_model(args) -> quietstar.QuietStarModelMixin:
-    fields = dict(n_thought_tokens=args.n_thought_tokens, n_thoughts=1, attention_impl=args.attention_impl)
+    fields = dict(n_thought_tokens=args.n_thought_tokens, n_thoughts=1, attention_impl="torch")
     if args.real_model:
         return load_smollm2(**fields)[0].eval()
     family = quietstar.family_of("llama")
@@ -140,7 +139,7 @@ def main(argv=None) -> dict:
             "model": "SmolLM2-135M-Instruct (pretrained)" if args.real_model else dict(SMOLLM2_SHAPE, num_hidden_layers=args.layers),
             "n_thought_tokens": args.n_thought_tokens,
             "passes": passes,
-            "attention_impl": args.attention_impl,
+            "attention_impl": "torch",
             "repeats": args.repeats,
             "torch": torch.__version__,
             "quietstar_revision": source_revision(),

@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, help="decoder layers (default: the preset's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32", help="bf16 runs the step under autocast")
-    parser.add_argument("--attention-impl", default="auto", choices=["auto", "dense", "torch", "triton"])
+    parser.add_argument("--attention-impl", default="auto", choices=["auto", "torch", "triton"])
     parser.add_argument("--batch", type=int, default=1, help="B, sequences per step")
     parser.add_argument("--n-thoughts", type=int, default=2, help="N, thoughts per position")
     parser.add_argument("--n-ahead-talk", type=int, default=4, help="A, look-ahead passes")

@@ -219,7 +219,7 @@ def test_what_a_resume_may_change_freely(tmp_path):
     _run_of(tmp_path, step=20, final=False)
     carried_out = [
         "train.device=auto", "train.activation_checkpointing=true", "train.reshard_after_forward=false",
-        "model.quietstar.attention_impl=dense", "model.quietstar.lm_head_chunk_size=64", "checkpoint.interval=5",
+        "model.quietstar.attention_impl=triton", "model.quietstar.lm_head_chunk_size=64", "checkpoint.interval=5",
         "checkpoint.keep_last=3", "checkpoint.export_dtype=bfloat16", "logging.interval=2", "logging.wandb_mode=offline",
     ]
     config = load_config(TINY, [f"output_dir={tmp_path}", "checkpoint.resume=true", *carried_out])
