@@ -184,7 +184,7 @@ def test_train_py_reports_a_bad_data_file_in_one_line(tmp_path):
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == (
         f"train.py: error: data.sources.0 ('json', {bad}): {bad} line 2 is not valid JSON: "

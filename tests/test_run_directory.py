@@ -27,6 +27,17 @@ def _train_module():
     return importlib.import_module("quietstar.training.loop")
 
 
+def _user_error(capsys, argv: list[str]) -> str:
+    """Run train.py's `main(argv)`, which must stop on a user error: exit status 2 and one line on stderr, returned."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        _train_module().main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
 def _fake_run(directory: Path) -> None:
     """The files a finished run of the tiny config leaves, plus a file of the user's."""
     (directory / "checkpoints" / "step_00000004" / "state").mkdir(parents=True)
@@ -84,48 +95,44 @@ def test_overwrite_deletes_the_run_and_keeps_other_files(tmp_path):
     assert clear_run(tmp_path) == [] and clear_generated_corpus(tmp_path) == []
 
 
-def test_refused_start_leaves_the_directory_as_it_was(tmp_path):
+def test_refused_start_leaves_the_directory_as_it_was(capsys, tmp_path):
     _fake_run(tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    with pytest.raises(SystemExit) as exit_info:
-        _train_module().main(["--output-dir", str(tmp_path), "--train.max_steps=2"])
-    assert exit_info.value.code == (
+    assert _user_error(capsys, ["--output-dir", str(tmp_path), "--train.max_steps=2"]) == (
         f"train.py: error: output directory {tmp_path} already holds a run (config.yaml, metrics.jsonl, checkpoints, "
         "final): pass --resume to continue it or --overwrite to delete it and start again"
     )
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
-def test_a_config_error_does_not_touch_config_yaml(tmp_path):
+def test_a_config_error_does_not_touch_config_yaml(capsys, tmp_path):
     _fake_run(tmp_path)
     before = (tmp_path / "config.yaml").read_text()
-    with pytest.raises(SystemExit, match=r"unknown config key 'train\.nope'"):
-        _train_module().main(["--output-dir", str(tmp_path), "--resume", "--train.nope=1"])
+    message = _user_error(capsys, ["--output-dir", str(tmp_path), "--resume", "--train.nope=1"])
+    assert "unknown config key 'train.nope'" in message
     assert (tmp_path / "config.yaml").read_text() == before
 
 
 @pytest.mark.parametrize("flags", [["--resume", "--allow-config-change"], ["--overwrite"]])
-def test_a_start_that_fails_after_set_up_began_does_not_touch_the_run(tmp_path, flags):
+def test_a_start_that_fails_after_set_up_began_does_not_touch_the_run(capsys, tmp_path, flags):
     # The data source is opened after the process group and the tokenizer: a later failure, still one line, and the
     # run in the directory is still whole, even with --overwrite, or --resume with new settings (a longer run, other
     # data).
     _fake_run(tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     missing = tmp_path / "missing.jsonl"
-    with pytest.raises(SystemExit) as exit_info:
-        _train_module().main(
-            [
-                "--output-dir",
-                str(tmp_path),
-                *flags,
-                "--train.max_steps=8",
-                "--data.sources.0.path=json",
-                f"--data.sources.0.data_files={missing}",
-            ]
-        )
-    message = exit_info.value.code
+    message = _user_error(
+        capsys,
+        [
+            "--output-dir",
+            str(tmp_path),
+            *flags,
+            "--train.max_steps=8",
+            "--data.sources.0.path=json",
+            f"--data.sources.0.data_files={missing}",
+        ],
+    )
     assert message.startswith("train.py: error: data.sources.0.data_files") and str(missing) in message
-    assert "\n" not in message
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
@@ -197,21 +204,20 @@ def test_config_changes_name_each_field_with_old_and_new_values():
     ]
 
 
-def test_resume_refuses_changed_settings_naming_them_and_leaves_the_run_as_it_was(tmp_path):
+def test_resume_refuses_changed_settings_naming_them_and_leaves_the_run_as_it_was(capsys, tmp_path):
     _run_of(tmp_path, step=20, final=False)
     before = _files(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        _train_module().main(
-            ["--output-dir", str(tmp_path), "--resume", "--model.quietstar.n_thought_tokens=8", "--data.seq_len=32"]
-        )
-    assert exit_info.value.code == (
+    message = _user_error(
+        capsys, ["--output-dir", str(tmp_path), "--resume", "--model.quietstar.n_thought_tokens=8", "--data.seq_len=32"]
+    )
+    assert message == (
         f"train.py: error: --resume with settings that differ from those of the run in {tmp_path} (its config.yaml): "
         "model.quietstar.n_thought_tokens 4 -> 8, data.seq_len 48 -> 32; resume with the run's settings, or pass "
         "--allow-config-change to change them from step 20 on (recorded in config_changes.jsonl)"
     )
     assert _files(tmp_path) == before
-    with pytest.raises(SystemExit, match=r"^train.py: error: --allow-config-change only applies with --resume$"):
-        _train_module().main(["--output-dir", str(tmp_path / "new"), "--allow-config-change"])
+    message = _user_error(capsys, ["--output-dir", str(tmp_path / "new"), "--allow-config-change"])
+    assert message == "train.py: error: --allow-config-change only applies with --resume"
     assert not (tmp_path / "new").exists()
 
 
@@ -255,17 +261,16 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys):
     assert not check_resume(config, allow_config_change=False).finished
 
 
-def test_a_start_that_fails_on_the_model_leaves_no_output_directory(tmp_path):
+def test_a_start_that_fails_on_the_model_leaves_no_output_directory(capsys, tmp_path):
     # A base checkpoint with truncated weights: found while the model is built (after the tokenizer); the tiny
     # config's generated corpus, which goes into the output directory, waits until then.
     base = save_tiny_base_checkpoint(tmp_path / "llama")
     weights = base / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(SystemExit) as exit_info:
-        _train_module().main(
-            ["--output-dir", str(tmp_path / "run"), f"--model.name_or_path={base}", "--model.architecture={}"]
-        )
-    assert exit_info.value.code.startswith(f"train.py: error: {weights} is truncated")
+    message = _user_error(
+        capsys, ["--output-dir", str(tmp_path / "run"), f"--model.name_or_path={base}", "--model.architecture={}"]
+    )
+    assert message.startswith(f"train.py: error: {weights} is truncated")
     assert not (tmp_path / "run").exists()
     # Errors in the model's config are found before anything is set up.
     missing = tmp_path / "missing"
@@ -274,7 +279,6 @@ def test_a_start_that_fails_on_the_model_leaves_no_output_directory(tmp_path):
         ([f"--model.tokenizer={missing}"], f"model.tokenizer: no such directory: {missing}"),
         (["--model.quietstar.n_thought_tokens=2"], "model.quietstar/model.architecture: QuietStarConfig.n_thought_tokens"),
     ]:
-        with pytest.raises(SystemExit) as exit_info:
-            _train_module().main(["--output-dir", str(tmp_path / "run"), "--model.architecture={}", *overrides])
-        assert exit_info.value.code.startswith(f"train.py: error: {message}"), exit_info.value.code
+        reported = _user_error(capsys, ["--output-dir", str(tmp_path / "run"), "--model.architecture={}", *overrides])
+        assert reported.startswith(f"train.py: error: {message}"), reported
         assert not (tmp_path / "run").exists()

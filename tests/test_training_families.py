@@ -84,7 +84,7 @@ def test_a_tokenizer_that_pads_on_the_right_is_saved_padding_on_the_left(tmp_pat
 )
 def test_a_base_path_that_does_not_exist_is_one_line(tmp_path, name_or_path, message):
     result = train(tmp_path / "run", f"--model.name_or_path={name_or_path}", "--model.architecture={}")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"train.py: error: {message}"
 
 
@@ -93,7 +93,7 @@ def test_a_gguf_file_missing_from_its_directory_is_one_line(tmp_path):
         tmp_path / "run", f"--model.name_or_path={tmp_path}", "--model.gguf_file=model.gguf", "--model.architecture={}",
         "--model.tokenizer=null",
     )
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"train.py: error: no GGUF file 'model.gguf' in {tmp_path}"
     )
@@ -114,7 +114,7 @@ def test_only_the_trainable_parameters_change(tmp_path):
 
 def test_a_trainable_pattern_that_matches_nothing_is_one_line(tmp_path):
     result = train(tmp_path / "run", "--train.trainable_parameters=[mixing_head, no_such_layer]")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "train.py: error: train.trainable_parameters.1 'no_such_layer' matches no parameter of the model"
     )
@@ -131,7 +131,7 @@ def test_a_checkpoint_of_an_unsupported_family_is_refused_in_one_line(tmp_path):
     base = tmp_path / "gpt2-base"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(base)
     result = train(tmp_path / "run", f"--model.name_or_path={base}", "--model.architecture={}")
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"train.py: error: model.name_or_path {base}: model_type 'gpt2' is not supported by quietstar "

@@ -17,14 +17,13 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import yaml
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from ..errors import UserError
+from ..errors import report_user_errors
 from .data import PackedTokenStream, synthetic_corpus_files
 from .checkpoint import (
     export_hf,
@@ -98,23 +97,21 @@ def parse_args(argv: list[str] | None) -> tuple[JobConfig, bool, bool]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Check the command line, the config and the output directory, then train; a user error ends the process
-    with one line from rank 0 (under torchrun every rank finds the same error) and exit status 1. Resuming a finished
+    """Check the command line, the config and the output directory, then train. A user error ends the process as
+    every quietstar command reports one (`quietstar.errors.report_user_errors`): one line `train.py: error: ...` on
+    stderr from rank 0 only (under torchrun every rank finds the same error) and exit status 2. Resuming a finished
     run prints one line saying so (rank 0) and exits with status 0."""
-    try:
+    rank = int(os.environ.get("RANK", 0))
+    with report_user_errors("train.py", quiet=rank != 0):
         config, overwrite, allow_config_change = parse_args(argv)
         batch_layout(config.train, int(os.environ.get("WORLD_SIZE", 1)))
         check_output_dir(config.output_dir, resume=config.checkpoint.resume, overwrite=overwrite)
         resumption = check_resume(config, allow_config_change=allow_config_change) if config.checkpoint.resume else None
         if resumption is not None and resumption.finished:
-            if int(os.environ.get("RANK", 0)) == 0:
+            if rank == 0:
                 print(f"train.py: {finished_message(config, resumption)}")
             return
         run(config, overwrite, resumption)
-    except UserError as error:  # what the user asked for (config, command line, output directory, data, a checkpoint)
-        if int(os.environ.get("RANK", 0)) == 0:
-            sys.exit(f"train.py: error: {error}")
-        sys.exit(1)
 
 
 def run(config: JobConfig, overwrite: bool, resumption: Resumption | None = None) -> None:
